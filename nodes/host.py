@@ -1,0 +1,150 @@
+"""The little glue every node shares: files in ComfyUI's folders, adapters patched onto a ModelPatcher clone.
+
+Patches go through ComfyUI's own ModelPatcher (add_patches), so its memory management, offloading, dtype
+casting, low-VRAM patching and LoRA caching keep working. The delta itself is computed by sda_core, from
+the adapter's small factors, at the moment ComfyUI patches that layer: never a full-size copy at load.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Iterable, Sequence
+
+import torch
+
+import comfy.weight_adapter
+import folder_paths
+
+from ..sda_core.adapters import AdapterError, AdapterModule, LoadedAdapter, ModelLayout, load_adapter, resolve_in_folder
+
+MODEL_PREFIX = "diffusion_model."
+
+
+def lora_names() -> list[str]:
+    """The combo options of every adapter widget: ComfyUI's `loras` folder(s)."""
+    return folder_paths.get_filename_list("loras")
+
+
+def lora_path(name: str, widget: str = "lora_name") -> str:
+    """A widget's file name resolved inside ComfyUI's loras folders, never outside them."""
+    if not name or name == "None":
+        raise AdapterError(f"{widget}: no file chosen; pick a file from models/loras")
+    roots = folder_paths.get_folder_paths("loras")
+    errors = []
+    for root in roots:
+        try:
+            return resolve_in_folder(root, name)
+        except AdapterError as exc:
+            errors.append(str(exc))
+            if "escape" in str(exc) or "outside" in str(exc):
+                raise AdapterError(f"{widget}: {exc}") from None
+    raise AdapterError(f"{widget}: {name!r} is not in any loras folder ({', '.join(roots)})")
+
+
+def model_layout(model) -> ModelLayout:
+    """The diffusion model's own parameter names and shapes, plus the row split of fused q/k/v."""
+    diffusion_model = model.model.diffusion_model
+    shapes = {k: tuple(v.shape) for k, v in diffusion_model.state_dict().items()}
+    config = getattr(model.model, "model_config", None)
+    unet = getattr(config, "unet_config", {}) or {}
+    qkv_rows = None
+    dim, heads = unet.get("dim"), unet.get("n_heads")
+    if dim and heads:
+        head_dim = dim // heads
+        kv = (unet.get("n_kv_heads") or heads) * head_dim
+        qkv_rows = (heads * head_dim, kv, kv)
+    return ModelLayout(shapes=shapes, qkv_rows=qkv_rows)
+
+
+_CACHE: "OrderedDict[tuple, LoadedAdapter]" = OrderedDict()
+_CACHE_SIZE = 4
+
+
+def load_for_model(model, name: str, widget: str = "lora_name") -> LoadedAdapter:
+    """Parse an adapter file onto this model's layout; the last few are kept, keyed by file state and layout."""
+    path = lora_path(name, widget)
+    layout = model_layout(model)
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size, hash(tuple(sorted(layout.shapes.items()))), layout.qkv_rows)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    loaded = load_adapter(path, layout, label=name)
+    _CACHE[key] = loaded
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return loaded
+
+
+class SDAWeightPatch(comfy.weight_adapter.WeightAdapterBase):
+    """One adapted layer as ComfyUI's patcher sees it: ComfyUI narrows the weight to the slice, we add the delta."""
+
+    name = "sda"
+
+    def __init__(self, module: AdapterModule):
+        self.module = module
+        self.loaded_keys = set()
+        self.weights = []
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                         intermediate_dtype=torch.float32, original_weight=None):
+        if strength == 0.0:
+            return weight
+        delta = self.module.delta(tuple(weight.shape), dtype=intermediate_dtype, device=weight.device)
+        weight += function(strength * delta).type(weight.dtype)
+        return weight
+
+
+def patch_key(target) -> str | tuple:
+    key = MODEL_PREFIX + target.param
+    if target.rows is None:
+        return key
+    start, length = target.rows
+    return (key, (0, start, length))
+
+
+def add_adapter(model, loaded: LoadedAdapter, strength: float):
+    """Patch `loaded` onto `model` in place (call on a clone); every placement must land."""
+    groups: list[dict] = [{}]
+    for target, module in loaded.placements:
+        key = patch_key(target)
+        for group in groups:
+            if key not in group:
+                group[key] = SDAWeightPatch(module)
+                break
+        else:
+            groups.append({key: SDAWeightPatch(module)})
+    landed = 0
+    for group in groups:
+        landed += len(model.add_patches(group, strength))
+    expected = sum(len(g) for g in groups)
+    if landed != expected:
+        raise AdapterError(f"{loaded.label}: only {landed} of {expected} patches landed on the model")
+    return model
+
+
+def apply_adapters(model, entries: Sequence[tuple[LoadedAdapter, float]]):
+    """A clone of `model` with every adapter added in order; the input MODEL is never modified."""
+    patched = model.clone()
+    for loaded, strength in entries:
+        add_adapter(patched, loaded, strength)
+    return patched
+
+
+def original_weight(model, param: str) -> torch.Tensor:
+    """The model's weight before any patch ComfyUI may currently have merged into it."""
+    key = MODEL_PREFIX + param
+    backup = getattr(model, "backup", {}).get(key)
+    if backup is not None:
+        return backup.weight
+    return model.model.state_dict()[key]
+
+
+def throw_if_interrupted() -> None:
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def join_lines(lines: Iterable[str]) -> str:
+    return "\n".join(line for line in lines if line is not None)

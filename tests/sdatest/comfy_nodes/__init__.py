@@ -1,0 +1,145 @@
+"""Test-only ComfyUI nodes: tiny models and probes. Loaded by the integration tests, never shipped.
+
+They let tests run real prompts through ComfyUI's validation and executor with models that fit a CPU.
+"""
+from __future__ import annotations
+
+import torch
+
+from sdatest import registry, tiny_models
+
+class _AnyType(str):
+    """Matches every socket type in ComfyUI's validation (the '*' convention custom packs use)."""
+
+    def __ne__(self, other):  # noqa: D105
+        return False
+
+
+ANY = _AnyType("*")
+
+
+class TinyZImage:
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            "dtype": (["fp32", "bf16"], {"default": "fp32"}),
+        }}
+
+    def build(self, seed, dtype):
+        return (tiny_models.tiny_zimage(seed, torch.float32 if dtype == "fp32" else torch.bfloat16),)
+
+
+class TinyVAE:
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    def build(self, seed):
+        return (tiny_models.tiny_vae(seed),)
+
+
+class TinyConditioning:
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            "tokens": ("INT", {"default": 8, "min": 1, "max": 64}),
+        }}
+
+    def build(self, seed, tokens):
+        return (tiny_models.tiny_conditioning(seed, tokens),)
+
+
+class Denoise:
+    """x0 = model.apply_model(x, sigma, context) for a seeded x: the denoiser output the tests compare."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "conditioning": ("CONDITIONING",),
+            "key": ("STRING", {"default": "x0"}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            "sigma": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01}),
+            "size": ("INT", {"default": 16, "min": 8, "max": 128, "step": 8}),
+        }}
+
+    def run(self, model, conditioning, key, seed, sigma, size):
+        import comfy.model_management as mm
+
+        mm.load_models_gpu([model])
+        device = model.load_device
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(1, 16, size, size, generator=gen).to(device)
+        context = conditioning[0][0].to(device)
+        out = model.model.apply_model(x, torch.tensor([sigma], device=device), c_crossattn=context,
+                                      num_tokens=context.shape[1])
+        registry.CAPTURED[key] = out.detach().float().cpu().clone()
+        return {}
+
+
+class Capture:
+    """Keeps any value under a key for the test that queued the prompt."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": (ANY, {}), "key": ("STRING", {"default": "value"})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types):
+        return True
+
+    def run(self, value, key):
+        registry.CAPTURED[key] = value.detach().clone() if isinstance(value, torch.Tensor) else value
+        return {}
+
+
+class LoraStack:
+    """A LORA_STACK as other packs emit it (Comfyroll, Efficiency): JSON list of [name, model, clip, ...] or null."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("LORA_STACK",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"stack_json": ("STRING", {"default": "[]"})}}
+
+    def build(self, stack_json):
+        import json
+
+        value = json.loads(stack_json)
+        return (None if value is None else [tuple(item) for item in value],)
+
+
+NODE_CLASS_MAPPINGS = {
+    "SDATest_LoraStack": LoraStack,
+    "SDATest_TinyZImage": TinyZImage,
+    "SDATest_TinyVAE": TinyVAE,
+    "SDATest_TinyConditioning": TinyConditioning,
+    "SDATest_Denoise": Denoise,
+    "SDATest_Capture": Capture,
+}

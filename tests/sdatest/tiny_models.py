@@ -1,0 +1,73 @@
+"""Tiny random-weight models of the real architectures, built through ComfyUI's own classes.
+
+ComfyUI recognises Z-Image from a checkpoint only at full size, so the model config is built directly
+(comfy.supported_models.ZImage with Z-Image's settings at small sizes). ComfyUI creates its layers without
+initialising them: every parameter is set here from a seeded generator, or outputs are garbage.
+"""
+from __future__ import annotations
+
+import torch
+
+TINY_ZIMAGE = {
+    "image_model": "lumina2",
+    "patch_size": 2,
+    "in_channels": 16,
+    "dim": 256,
+    "cap_feat_dim": 32,
+    "n_layers": 2,
+    "n_refiner_layers": 1,
+    "n_heads": 4,
+    "n_kv_heads": 4,
+    "axes_dims": [16, 24, 24],
+    "axes_lens": [64, 64, 64],
+    "qk_norm": True,
+    "ffn_dim_multiplier": 8.0 / 3.0,
+    "rope_theta": 256.0,
+    "z_image_modulation": True,
+    "time_scale": 1000.0,
+}
+
+
+def _init_(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "norm" in name and p.dim() == 1:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(std * torch.randn(p.shape, generator=gen))
+
+
+def tiny_zimage(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """A ModelPatcher around ComfyUI's Z-Image (NextDiT, z_image_modulation) with a few small layers."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = dict(TINY_ZIMAGE, **overrides)
+    model_config = comfy.supported_models.ZImage(config)
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({})
+    _init_(model.diffusion_model, seed)
+    model.diffusion_model.to(dtype)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
+def tiny_vae(seed: int = 0):
+    """ComfyUI's AutoencoderKL at a few channels, 16 latent channels like Z-Image's (Flux) VAE."""
+    import comfy.sd
+
+    ddconfig = {
+        "double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+        "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
+    }
+    vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": ddconfig, "embed_dim": 16}})
+    vae.latent_channels = 16
+    _init_(vae.first_stage_model, seed, std=0.05)
+    return vae
+
+
+def tiny_conditioning(seed: int = 0, tokens: int = 8, cap_feat_dim: int = 32):
+    """A CONDITIONING as KSampler takes it: [[context [1, T, cap_feat_dim], {}]]."""
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, cap_feat_dim, generator=gen), {}]]
