@@ -159,11 +159,16 @@ def test_zero_matching_file_is_an_error_naming_file_and_architecture(comfy, adap
     assert "sdxl_style.safetensors" in message and "SDXL" in message
 
 
-def test_file_outside_the_list_is_refused_by_validation(comfy, adapter_files):
+def test_file_outside_the_loras_folder_is_refused(comfy, adapter_files):
+    """0.8.0's validation refuses a value not in the combo; 0.3.75 does not check V3 combos, so the node must."""
     from sdatest.comfy_host import PromptInvalid
 
+    outside = comfy.root / "models" / "secrets.safetensors"
+    outside.write_bytes((adapter_files / "style_test.safetensors").read_bytes())
     g = Graph()
     model, cond = _base(g)
     _denoise(g, g.add("SDALoKrLoader", model=model, lokr_name="../secrets.safetensors", strength=1.0), cond, "x")
-    with pytest.raises(PromptInvalid):
+    with pytest.raises((PromptInvalid, PromptFailed)) as info:
         comfy.run(g.prompt())
+    if isinstance(info.value, PromptFailed):
+        assert "lokr_name" in info.value.message and "outside" in info.value.message

@@ -1,0 +1,86 @@
+"""The model side of placement: which module names land on which parameter (or row slice of one).
+
+Built from the model's own parameter shapes, never from ComfyUI's key map, so mapping does not depend on
+the ComfyUI version (0.3.75 ignores `transformer.` keys, 0.8.0 maps them). Z-Image (ComfyUI's NextDiT)
+fuses q, k and v into one `attention.qkv` weight; diffusers-style files name them apart, so `to_q`,
+`to_k`, `to_v` become row slices of the fused weight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """Shapes of the diffusion model's parameters, named without the `diffusion_model.` prefix."""
+
+    shapes: Mapping[str, tuple[int, ...]]
+    qkv_rows: tuple[int, int, int] | None = None  # (q, k, v) rows of every attention.qkv; None -> equal thirds
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one adapted module lands: a parameter, optionally a (start, length) slice of its rows."""
+
+    param: str
+    rows: tuple[int, int] | None
+    shape: tuple[int, ...]
+
+
+# Z-Image names used by diffusers (and so by most trainers) for ComfyUI's module names.
+_QKV = ".attention.qkv"
+_OUT = ".attention.out"
+_RENAMED_PREFIXES = (("final_layer.", "all_final_layer.2-1."),)
+_RENAMED_MODULES = (("x_embedder", "all_x_embedder.2-1"),)
+
+
+def _qkv_split(rows: int, qkv_rows: tuple[int, int, int] | None, param: str) -> tuple[int, int, int] | None:
+    if qkv_rows is not None:
+        if sum(qkv_rows) != rows:
+            raise ValueError(f"layout.qkv_rows {qkv_rows} do not add up to the {rows} rows of {param}")
+        return tuple(int(r) for r in qkv_rows)
+    if rows % 3:
+        return None
+    return (rows // 3,) * 3
+
+
+def module_targets(layout: ModelLayout) -> dict[str, Target]:
+    """Every dotted module name an adapter may use for a weight of this model, and where it lands."""
+    table: dict[str, Target] = {}
+    aliases: dict[str, Target] = {}
+    for param, shape in layout.shapes.items():
+        shape = tuple(int(s) for s in shape)
+        if not param.endswith(".weight") or len(shape) < 2:
+            continue  # adapters patch weight matrices (and conv kernels), not norms or biases
+        module = param[: -len(".weight")]
+        target = Target(param, None, shape)
+        table[module] = target
+        if module.endswith(_QKV):
+            split = _qkv_split(shape[0], layout.qkv_rows, param)
+            if split is not None:
+                base = module[: -len("qkv")]
+                start = 0
+                for part, rows in zip(("to_q", "to_k", "to_v"), split):
+                    aliases[base + part] = Target(param, (start, rows), (rows,) + shape[1:])
+                    start += rows
+        if module.endswith(_OUT):
+            aliases[module[: -len("out")] + "to_out.0"] = target
+        for ours, theirs in _RENAMED_PREFIXES:
+            if module.startswith(ours):
+                aliases[theirs + module[len(ours):]] = target
+        for ours, theirs in _RENAMED_MODULES:
+            if module == ours:
+                aliases[theirs] = target
+    for name, target in aliases.items():
+        table.setdefault(name, target)  # the model's own names win over an alias
+    return table
+
+
+def underscore_names(names: Mapping[str, Target]) -> dict[str, str | None]:
+    """kohya/LyCORIS spell module names with underscores: underscored (lower case) -> dotted, None if ambiguous."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        key = name.replace(".", "_").lower()
+        out[key] = None if key in out and out[key] != name else name
+    return out

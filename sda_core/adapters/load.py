@@ -1,0 +1,174 @@
+"""load_adapter: file -> format -> names normalised onto the model's parameters -> modules holding factors.
+
+Every way an adapter can silently do nothing in ComfyUI (keys that match no layer, a LoKr whose shape does
+not fit and is only logged) is an error here, naming the file and what was expected.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from typing import Mapping
+
+import torch
+
+from .algorithms import MODULE_TYPES, AdapterModule, FactorError, LoRAModule, _fmt, algorithm_of, fits
+from .arch import describe_layout, guess_architecture
+from .errors import AdapterError
+from .files import check_finite, read_safetensors
+from .keys import UNSUPPORTED, group_keys, is_text_encoder, strip_prefix
+from .layout import ModelLayout, Target, module_targets, underscore_names
+from .loaded import LoadedAdapter
+
+DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
+
+
+class _PeftConfig:
+    """lora_alpha / alpha_pattern / use_rslora that diffusers keeps in safetensors metadata (no alpha tensors)."""
+
+    def __init__(self, cfg: dict):
+        def get(key, default=None):
+            return cfg.get(f"transformer.{key}", cfg.get(key, default))
+
+        self.lora_alpha = get("lora_alpha")
+        self.r = get("r")
+        self.alpha_pattern = get("alpha_pattern") or {}
+        self.use_rslora = bool(get("use_rslora", False))
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> "_PeftConfig | None":
+        raw = metadata.get(DIFFUSERS_METADATA_KEY)
+        if not raw:
+            return None
+        try:
+            cfg = json.loads(raw)
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(cfg, dict):
+            return None
+        config = cls(cfg)
+        return config if config.lora_alpha is not None or config.alpha_pattern else None
+
+    def alpha_for(self, name: str) -> float | None:
+        """PEFT's pattern lookup: an exact module name first, then a pattern matching the name's tail."""
+        if name in self.alpha_pattern:
+            return float(self.alpha_pattern[name])
+        for pattern, value in self.alpha_pattern.items():
+            try:
+                if re.fullmatch(rf"(.*\.)?(?:{pattern})", name):
+                    return float(value)
+            except re.error:
+                if name.endswith(pattern):
+                    return float(value)
+        return None if self.lora_alpha is None else float(self.lora_alpha)
+
+
+def _alpha(group, label: str) -> float | None:
+    t = group.tensors.get("alpha")
+    if t is None:
+        return None
+    if t.numel() != 1:
+        raise AdapterError(f"{label}: {group.keys['alpha']}: alpha must be a single number, got shape "
+                           f"{tuple(t.shape)}")
+    return float(t.reshape(-1)[0].float())
+
+
+def _where(target: Target) -> str:
+    if target.rows is None:
+        return target.param
+    start, length = target.rows
+    return f"{target.param} rows {start}:{start + length}"
+
+
+def load_adapter(source: str | os.PathLike | Mapping[str, torch.Tensor], layout: ModelLayout, *,
+                 label: str | None = None, metadata: Mapping[str, str] | None = None) -> LoadedAdapter:
+    """Parse an adapter (a .safetensors path or a state dict) onto `layout`; refuses files that patch nothing."""
+    if isinstance(source, Mapping):
+        label = label or "<state dict>"
+        tensors = dict(source)
+        meta: dict[str, str] = {}
+        check_finite(tensors, label)
+    else:
+        label = label or os.path.basename(os.fspath(source))
+        tensors, meta = read_safetensors(source, label=label)
+    if metadata:
+        meta.update({str(k): str(v) for k, v in metadata.items()})
+    if not tensors:
+        raise AdapterError(f"{label}: the file holds no tensors, so it is no adapter")
+
+    model_name = describe_layout(layout)
+    targets = module_targets(layout)
+    underscored = underscore_names(targets)
+    peft = _PeftConfig.from_metadata(meta)
+    groups, unknown = group_keys(tensors)
+
+    placements: list[tuple[Target, AdapterModule]] = []
+    unplaced: list[str] = []
+    reasons: dict[str, str] = {}
+    formats: Counter = Counter()
+    mismatches: list[tuple[str, Target, tuple[int, ...]]] = []
+
+    def skip(name: str, reason: str) -> None:
+        unplaced.append(name)
+        reasons[name] = reason
+
+    for key in unknown:
+        skip(key, "unknown key")
+    for source_name, group in groups.items():
+        fmt, name, is_underscored = strip_prefix(source_name)
+        if is_text_encoder(source_name):
+            skip(source_name, "text encoder (only the diffusion model is patched)")
+            continue
+        dotted = underscored.get(name.lower()) if is_underscored else name
+        target = targets.get(dotted) if dotted else None
+        if target is None:
+            skip(source_name, f"no such layer in {model_name}")
+            continue
+        unsupported = sorted({UNSUPPORTED[r] for r in group.tensors if r in UNSUPPORTED})
+        if unsupported:
+            skip(source_name, "; ".join(unsupported))
+            continue
+        try:
+            algo = algorithm_of(group.tensors)
+            if algo is None:
+                skip(source_name, "an alpha without factors")
+                continue
+            alpha = _alpha(group, label)
+            if algo == "lora" and alpha is None and peft is not None:
+                meta_alpha = peft.alpha_for(dotted)
+                module = LoRAModule(dotted, group.tensors, meta_alpha, group.keys,
+                                    alpha_source="metadata", rslora=peft.use_rslora)
+            else:
+                module = MODULE_TYPES[algo](dotted, group.tensors, alpha, group.keys)
+        except FactorError as exc:
+            raise AdapterError(f"{label}: {exc}") from None
+        if not fits(module.shape, target.shape):
+            mismatches.append((group.key(), target, module.shape))
+            continue
+        placements.append((target, module))
+        formats[fmt] += 1
+
+    if mismatches:
+        key, target, got = mismatches[0]
+        more = f"; {len(mismatches) - 1} more modules do not fit either" if len(mismatches) > 1 else ""
+        arch = guess_architecture(tensors.keys(), tensors)
+        hint = f" (its names look like {arch})" if arch else ""
+        raise AdapterError(f"{label}: {key}: the adapter's delta has shape {_fmt(got)} but {model_name} layer "
+                           f"{_where(target)} expects {_fmt(target.shape)}{more}; the adapter was made for a "
+                           f"different model or model size{hint}")
+    if not placements:
+        arch = guess_architecture(tensors.keys(), tensors)
+        n = len(groups) + len(unknown)
+        if arch:
+            why = f"it looks like an adapter for {arch}, not for {model_name}"
+        else:
+            sample = ", ".join(list(groups)[:3] or unknown[:3])
+            why = f"its module names look like: {sample}"
+        detail = sorted(Counter(reasons.values()).items(), key=lambda kv: -kv[1])
+        counts = "; ".join(f"{c} × {r}" for r, c in detail[:3])
+        raise AdapterError(f"{label}: none of its {n} modules matches a layer of {model_name}, so it would "
+                           f"patch nothing; {why} ({counts})")
+    fmt = "+".join(f for f, _ in formats.most_common())
+    return LoadedAdapter(label=label, format=fmt, placements=placements, unplaced=unplaced, metadata=meta,
+                         unplaced_reasons=reasons, model_name=model_name)
