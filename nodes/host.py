@@ -15,7 +15,8 @@ import torch
 import comfy.weight_adapter
 import folder_paths
 
-from ..sda_core.adapters import AdapterError, AdapterModule, LoadedAdapter, ModelLayout, load_adapter, resolve_in_folder
+from ..sda_core.adapters import (AdapterError, AdapterFileMissing, AdapterModule, LoadedAdapter, ModelLayout,
+                                 load_adapter, resolve_in_folder)
 
 MODEL_PREFIX = "diffusion_model."
 
@@ -30,14 +31,13 @@ def lora_path(name: str, widget: str = "lora_name") -> str:
     if not name or name == "None":
         raise AdapterError(f"{widget}: no file chosen; pick a file from models/loras")
     roots = folder_paths.get_folder_paths("loras")
-    errors = []
     for root in roots:
         try:
             return resolve_in_folder(root, name)
+        except AdapterFileMissing:
+            continue
         except AdapterError as exc:
-            errors.append(str(exc))
-            if "escape" in str(exc) or "outside" in str(exc):
-                raise AdapterError(f"{widget}: {exc}") from None
+            raise AdapterError(f"{widget}: {exc}") from None
     raise AdapterError(f"{widget}: {name!r} is not in any loras folder ({', '.join(roots)})")
 
 
@@ -138,6 +138,34 @@ def original_weight(model, param: str) -> torch.Tensor:
     if backup is not None:
         return backup.weight
     return model.model.state_dict()[key]
+
+
+def _register_lpips_folder() -> None:
+    """models/lpips/ holds LPIPS backbone files (see README) for machines that cannot download them."""
+    if "lpips" not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path("lpips", os.path.join(folder_paths.models_dir, "lpips"))
+
+
+_register_lpips_folder()
+
+
+def lpips_model(net: str):
+    """All-pairs LPIPS on ComfyUI's torch device, backbone from models/lpips/ or torchvision's cache/download."""
+    import comfy.model_management
+
+    from ..sda_core.diversity.lpips_pairs import PairwiseLPIPS
+    from ..sda_core.diversity.weights import load_lpips
+
+    device = comfy.model_management.get_torch_device()
+    return PairwiseLPIPS(load_lpips(net, folder_paths.get_folder_paths("lpips"), device=device))
+
+
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """IMAGE [N, H, W, 3] from latents, as VAEDecode gives it."""
+    images = vae.decode(latents)
+    if images.dim() == 5:
+        images = images.reshape(-1, images.shape[-3], images.shape[-2], images.shape[-1])
+    return images
 
 
 def throw_if_interrupted() -> None:

@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 from safetensors.torch import load_file
 
-from .errors import AdapterError
+from .errors import AdapterError, AdapterFileMissing
 
 PICKLE_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 # safetensors itself refuses headers above 100 MB; a larger length means the bytes are not a header.
@@ -135,5 +135,5 @@ def resolve_in_folder(root: str, name: str) -> str:
         raise AdapterError(f"{name}: resolves to {real}, outside the models folder {root} "
                            "(a symlink pointing elsewhere?); refused")
     if not os.path.isfile(real):
-        raise AdapterError(f"{name}: no such file in {root}")
+        raise AdapterFileMissing(f"{name}: no such file in {root}")
     return real
