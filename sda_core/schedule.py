@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+
+from .adapters import AdapterModule
 
 
 class ScheduleError(ValueError):
@@ -103,3 +105,47 @@ def step_of_sigma(sigma: float, sigmas: Sequence[float] | torch.Tensor) -> int:
         if lo < sigma < hi:
             return i
     return 0 if sigma > values[0] else steps - 1
+
+
+class StepStrength:
+    """The adapter's strength for the model call under way; set from the sigma before each call."""
+
+    def __init__(self, strength: float, schedule_for: Callable[[int], ResolvedSchedule]):
+        self.strength = strength
+        self._schedule_for = schedule_for
+        self.value = 0.0
+        self.steps_seen: dict[int, float] = {}
+
+    def update(self, sigma: float, sigmas: Sequence[float] | torch.Tensor | None) -> float:
+        """Set and return the strength for a model call at `sigma` on the sampler's schedule `sigmas`."""
+        if sigmas is None or len(sigmas) < 2:
+            step, steps = 0, 1
+        else:
+            step, steps = step_of_sigma(sigma, sigmas), len(sigmas) - 1
+        self.value = self.strength * self._schedule_for(steps).at(step)
+        self.steps_seen[step] = self.value
+        return self.value
+
+
+class ScheduledWeight:
+    """weight + s·ΔW for each adapted region of one weight, s read from a StepStrength at every forward.
+
+    Returns a new tensor (the stored weight is never touched), and the weight itself when s is 0, so steps
+    where the adapter is off cost nothing. The delta is rebuilt from the adapter's factors at each use rather
+    than cached: a cache would hold a full-size copy of every adapted weight.
+    """
+
+    def __init__(self, regions: Sequence[tuple[tuple[int, int] | None, AdapterModule]], state: StepStrength):
+        self.regions = list(regions)  # (rows (start, length) or None, module with .delta(shape, dtype, device))
+        self.state = state
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        s = self.state.value
+        if s == 0.0:
+            return weight
+        out = weight.clone()
+        for rows, module in self.regions:
+            region = out if rows is None else out.narrow(0, rows[0], rows[1])
+            delta = module.delta(tuple(region.shape), dtype=torch.float32, device=weight.device)
+            region += (s * delta).to(region.dtype)
+        return out

@@ -91,3 +91,34 @@ def test_step_of_karras_like_schedule_many_steps():
     sigmas = [14.6 * (0.8 ** i) for i in range(20)] + [0.0]
     assert [step_of_sigma(s, sigmas) for s in sigmas[:-1]] == list(range(20))
     assert step_of_sigma((sigmas[5] + sigmas[6]) / 2, sigmas) == 5
+
+
+class _Delta:
+    """A stand-in adapter module: a fixed delta, whatever dtype/device is asked."""
+
+    def __init__(self, value: torch.Tensor):
+        self.value = value
+
+    def delta(self, shape, dtype=torch.float32, device=None):
+        assert tuple(shape) == tuple(self.value.shape)
+        return self.value.to(dtype)
+
+
+def test_scheduled_weight_adds_per_region_and_never_touches_the_weight():
+    from sda_core.schedule import ScheduledWeight, StepStrength
+
+    weight = torch.randn(6, 4)
+    kept = weight.clone()
+    q, v = torch.randn(2, 4), torch.randn(2, 4)
+    state = StepStrength(0.5, lambda steps: resolve(steps, [1.0, 0.0]))
+    wrapper = ScheduledWeight([((0, 2), _Delta(q)), ((4, 2), _Delta(v))], state)
+    sigmas = [1.0, 0.6, 0.3, 0.0]
+    assert state.update(1.0, sigmas) == 0.5
+    out = wrapper(weight)
+    assert torch.equal(weight, kept)
+    torch.testing.assert_close(out[0:2], kept[0:2] + 0.5 * q)
+    assert torch.equal(out[2:4], kept[2:4])
+    torch.testing.assert_close(out[4:6], kept[4:6] + 0.5 * v)
+    assert state.update(0.6, sigmas) == 0.0
+    assert wrapper(weight) is weight
+    assert state.steps_seen == {0: 0.5, 1: 0.0}

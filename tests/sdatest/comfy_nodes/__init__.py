@@ -18,7 +18,12 @@ class _AnyType(str):
 ANY = _AnyType("*")
 
 
+_SHARED_MODELS: dict = {}
+
+
 class TinyZImage:
+    """A tiny Z-Image; `shared` returns one patcher per (seed, dtype) across prompts, as a cached loader does."""
+
     CATEGORY = "SDA/testing"
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "build"
@@ -28,10 +33,16 @@ class TinyZImage:
         return {"required": {
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "dtype": (["fp32", "bf16"], {"default": "fp32"}),
-        }}
+        }, "optional": {"shared": ("BOOLEAN", {"default": False})}}
 
-    def build(self, seed, dtype):
-        return (tiny_models.tiny_zimage(seed, torch.float32 if dtype == "fp32" else torch.bfloat16),)
+    def build(self, seed, dtype, shared=False):
+        key = (seed, dtype)
+        if shared and key in _SHARED_MODELS:
+            return (_SHARED_MODELS[key],)
+        model = tiny_models.tiny_zimage(seed, torch.float32 if dtype == "fp32" else torch.bfloat16)
+        if shared:
+            _SHARED_MODELS[key] = model
+        return (model,)
 
 
 class TinyVAE:

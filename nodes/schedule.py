@@ -1,0 +1,81 @@
+"""Adapter strength by sampling step: the adapter rides on the model as weight wrappers whose strength is set
+from the current sigma before every model call, so it is on exactly in the steps the user chose and gone when
+sampling ends (ComfyUI removes weight wrappers with the patcher that carries them)."""
+from __future__ import annotations
+
+import uuid
+
+import comfy.patcher_extension
+from comfy_api.latest import io, ui
+
+from ..sda_core.schedule import ScheduledWeight, StepStrength, parse_step_strengths, resolve, window_strengths
+from . import host
+
+CATEGORY = "SDA"
+REPORT_STEPS = 8
+
+
+def _apply_model_wrapper(state: StepStrength):
+    def wrapper(executor, x, t, *args, **kwargs):
+        options = kwargs.get("transformer_options") or (args[3] if len(args) > 3 else {}) or {}
+        state.update(float(t.flatten()[0]), options.get("sample_sigmas"))
+        return executor(x, t, *args, **kwargs)
+
+    return wrapper
+
+
+class SDAScheduledAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SDAScheduledAdapter",
+            display_name="Adapter Strength by Step",
+            category=CATEGORY,
+            description=("Apply an adapter with a strength per sampling step (e.g. the SDA LoKr on the first, "
+                         "composition-setting steps only). Adds on top of any adapters the model already carries."),
+            inputs=[
+                io.Model.Input("model"),
+                io.Combo.Input("lora_name", options=host.lora_names(), tooltip="A file in models/loras."),
+                io.Float.Input("strength", default=1.0, min=-2.0, max=2.0, step=0.01),
+                io.String.Input("step_strengths", default="",
+                                tooltip="A multiplier per sampling step, e.g. 1,1,1,0.5,0,0,0,0. Empty: use the window. "
+                                        "A shorter list holds its last value."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="With step_strengths empty: the adapter is on for steps i with start ≤ i/steps < end."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL"), io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def execute(cls, model, lora_name: str, strength: float, step_strengths: str, start_percent: float,
+                end_percent: float) -> io.NodeOutput:
+        values = parse_step_strengths(step_strengths)
+        if values is None:
+            window_strengths(REPORT_STEPS, start_percent, end_percent)  # refuses a bad window now, not mid-sampling
+        loaded = host.load_for_model(model, lora_name, widget="lora_name")
+
+        def schedule_for(steps: int):
+            return resolve(steps, values, start_percent, end_percent)
+
+        state = StepStrength(strength, schedule_for)
+        patched = model.clone()
+        regions: dict[str, list] = {}
+        for target, module in loaded.placements:
+            regions.setdefault(host.MODEL_PREFIX + target.param, []).append((target.rows, module))
+        for key, key_regions in regions.items():
+            patched.add_weight_wrapper(key, ScheduledWeight(key_regions, state))
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL,
+                                     f"sda_scheduled_{uuid.uuid4().hex}", _apply_model_wrapper(state))
+        example = schedule_for(max(REPORT_STEPS, len(values or [])))
+        per_step = ", ".join(f"{k}: {strength * m:g}" for k, m in enumerate(example.multipliers))
+        report = host.join_lines([
+            f"strength {strength:g} × schedule; for {len(example.multipliers)} steps → {per_step}",
+            *example.notes,
+            "other step counts: the same list (a short list holds its last value) or the same window",
+            loaded.report(),
+        ])
+        return io.NodeOutput(patched, report, ui=ui.PreviewText(report))
+
+
+NODES = [SDAScheduledAdapter]
