@@ -127,8 +127,11 @@ def boot(comfy_path: Path) -> ComfyHost:
     finally:
         sys.argv = argv
 
+    import comfy.utils
     import folder_paths
     import nodes
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False  # no tqdm bars from samplers in test and bench logs
 
     assert Path(nodes.__file__).resolve().parent == comfy_path, f"wrong `nodes` module: {nodes.__file__}"
     root = Path(tempfile.mkdtemp(prefix="sda-comfy-"))
