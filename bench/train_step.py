@@ -1,0 +1,227 @@
+"""Time and peak memory of one SDA training step: ours vs the published snippet taken literally.
+
+Ours (`sda_core.training.loop.train_step`): the no-grad forwards are batched (rollout z1+z2 in one
+forward per Euler step, teacher z1+z2 in one forward) and each grad term is back-propagated as soon as
+it exists. Reference: the card's snippet literally, one forward per prediction (rollout z1, rollout z2,
+teacher z1, teacher z2 separately) and one backward of the summed loss. Same process, same models,
+same per-step draws (prompt, seeds, k); steps interleaved so machine load hits both alike.
+
+Memory: peak bytes held by torch's CPU allocator above the level at the start of the step, from
+the profiler's allocation events (`profile_memory=True`), measured in a separate pass (the profiler
+slows the forwards). Python-heap and RSS are not counted.
+
+The model is pluggable: `--model module:function`, where function() returns an object with
+`.models` (SDAModels) and `.config` (SDAConfig), or a (models, config) pair; it must build the
+same initial weights on every call. Default: `sda_core.training.toy.tiny_dit_problem`.
+
+    python bench/train_step.py [--steps 24] [--threads 1] [--model pkg.mod:builder] [--dim 256 --size 32 ...]
+
+Both variants do the same FLOPs; batching saves per-forward overhead (and, on a GPU or with
+offloaded weights, weight traffic), so a compute-bound CPU run shows less than an overhead-bound one.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sda_core.training import loss as L  # noqa: E402
+from sda_core.training.batching import concat_conds  # noqa: E402
+from sda_core.training.config import SDAConfig, SDAModels  # noqa: E402
+from sda_core.training.loop import StepDraw, draw_step, make_optimizer, train_step  # noqa: E402
+from sda_core.training.schedule import euler_step, flow_sigmas, initial_latent  # noqa: E402
+
+TARGET_SPEEDUP = 1.3
+
+
+TINY = {"dim": 256, "n_layers": 2, "size": 32, "batch": 1}
+
+
+def default_builder() -> tuple[SDAModels, SDAConfig]:
+    """A Z-Image-named transformer of the tiny test Z-Image's size: dim 256, 2 blocks, 16x32x32 latents."""
+    from sda_core.training.toy import tiny_dit_problem
+
+    tp = tiny_dit_problem(size=TINY["size"], dim=TINY["dim"], n_layers=TINY["n_layers"], batch=TINY["batch"],
+                          steps=10**6, lr=1e-4)
+    return tp.models, tp.config
+
+
+def _load_builder(spec: str | None) -> Callable[[], Any]:
+    if not spec:
+        return default_builder
+    mod, _, fn = spec.partition(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def _build(builder: Callable[[], Any]) -> tuple[SDAModels, SDAConfig]:
+    out = builder()
+    return (out.models, out.config) if hasattr(out, "models") else tuple(out)
+
+
+# --- the reference: the published snippet, literally ------------------------------------------------
+
+def _call(models: SDAModels, den, x, sigma: float, conds):
+    sig = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
+    cond = models.batch_conds(list(conds)) if models.batch_conds else concat_conds(conds)
+    return den(x, sig, cond).float()
+
+
+@torch.no_grad()
+def _rollout_one(models, z, sigmas, k, conds):
+    x = initial_latent(z, float(sigmas[0]))
+    for i in range(k):
+        x0 = _call(models, models.student, x, float(sigmas[i]), conds)
+        x = euler_step(x, x0, float(sigmas[i]), float(sigmas[i + 1]))
+    return x
+
+
+def reference_step(models: SDAModels, config: SDAConfig, draw: StepDraw, sigmas, optimizer, params):
+    """One forward per prediction, one backward of the sum (what the card's snippet does)."""
+    conds = [models.conds[i] for i in draw.cond_indices]
+    k, s = draw.k, float(sigmas[draw.k])
+    optimizer.zero_grad(set_to_none=True)
+    z1, z2 = draw.z1.to(models.device), draw.z2.to(models.device)
+    x_t1 = _rollout_one(models, z1, sigmas, k, conds)
+    x_t2 = _rollout_one(models, z2, sigmas, k, conds)
+    x0_pol = _call(models, models.student, x_t1, s, conds)
+    v_pol = (x_t1 - x0_pol) / s
+    with torch.no_grad(), models.lokr.disabled():
+        v_base = (x_t1 - _call(models, models.student, x_t1, s, conds)) / s
+    sft = F.huber_loss(v_pol, v_base.detach(), delta=config.huber_delta)
+    loss, div = sft, None
+    if k < config.div_skip:
+        with torch.no_grad():
+            x0_t1 = _call(models, models.teacher, x_t1, s, conds)
+            x0_t2 = _call(models, models.teacher, x_t2, s, conds)
+        with models.assistant() if models.assistant else contextlib.nullcontext():
+            x0_s2 = _call(models, models.student, x_t2, s, conds)
+        x0_s1 = x_t1 - s * v_pol.detach()
+        d_s = F.avg_pool2d(x0_s2 - x0_s1, config.pool_kernel).flatten(1)
+        d_t = F.avg_pool2d(x0_t2 - x0_t1, config.pool_kernel).flatten(1)
+        div = (1 - F.cosine_similarity(d_s, d_t, dim=1)).mean()
+        loss = sft + config.lambda_div * div
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    return L.combine(sft.detach(), None if div is None else div.detach(), config.lambda_div)
+
+
+def ours_step(models, config, draw, sigmas, optimizer, params):
+    terms, _ = train_step(models, config, draw, sigmas, optimizer, params)
+    return terms.total
+
+
+# --- measuring --------------------------------------------------------------------------------------
+
+def _peak_alloc(fn) -> int:
+    """Peak bytes allocated by torch on the CPU during fn(), above the level at its start."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    stack, events = list(prof.profiler.kineto_results.experimental_event_tree()), []
+    while stack:
+        e = stack.pop()
+        stack.extend(e.children)
+        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
+            events.append((e.start_time_ns, e.extra_fields.alloc_size))
+    cur = peak = 0
+    for _, size in sorted(events):
+        cur += size
+        peak = max(peak, cur)
+    return peak
+
+
+class Runner:
+    def __init__(self, builder, step_fn):
+        self.models, self.config = _build(builder)
+        self.params = list(self.models.lokr.parameters())
+        self.opt = make_optimizer(self.params, self.config)
+        self.sigmas = flow_sigmas(self.config.student_steps, self.config.shift)
+        self.step_fn = step_fn
+
+    def __call__(self, draw):
+        return self.step_fn(self.models, self.config, draw, self.sigmas, self.opt, self.params)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="module:function returning the models (default: tiny DiT)")
+    ap.add_argument("--steps", type=int, default=24, help="timed steps per variant")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--mem-steps", type=int, default=8, help="steps profiled for memory")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (0: torch's default); 1 keeps timings stable on a shared 2-core box")
+    for key, val in TINY.items():
+        ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=val, help="default model only")
+    args = ap.parse_args(argv)
+    TINY.update({k: getattr(args, k) for k in TINY})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    builder = _load_builder(args.model)
+    ours, ref = Runner(builder, ours_step), Runner(builder, reference_step)
+    cfg = ours.config
+    if cfg.teacher_cfg != 1.0:
+        raise SystemExit("the reference step implements teacher cfg 1 only (the card's setting)")
+    n_conds = len(ours.models.conds)
+    params_n = sum(p.numel() for p in ours.params)
+    print(f"model: {args.model or f'tiny DiT {TINY}'}; LoKr params {params_n}; latent {cfg.latent_shape}, "
+          f"batch {cfg.batch}, {cfg.student_steps} student steps, div_skip {cfg.div_skip}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+
+    t_ours, t_ref, diffs, ks = [], [], [], []
+    with torch.enable_grad():
+        for i in range(args.warmup + args.steps):
+            draw = draw_step(cfg, i, n_conds)
+            order = (ours, ref) if i % 2 == 0 else (ref, ours)
+            times, losses = {}, {}
+            for r in order:
+                t = time.perf_counter()
+                losses[r] = float(r(draw))
+                times[r] = time.perf_counter() - t
+            if i >= args.warmup:
+                t_ours.append(times[ours])
+                t_ref.append(times[ref])
+                ks.append(draw.k)
+                diffs.append(abs(losses[ours] - losses[ref]) / max(abs(losses[ref]), 1e-12))
+            if i == 0:
+                first_diff = abs(losses[ours] - losses[ref]) / max(abs(losses[ref]), 1e-12)
+
+        m_ours, m_ref = [], []
+        for i in range(args.mem_steps):
+            # the profiled steps cover the schedule: force k through 0..student_steps-1
+            draw = draw_step(cfg, 10_000 + i, n_conds)
+            draw.k = i % cfg.student_steps
+            m_ours.append(_peak_alloc(lambda: ours(draw)))
+            m_ref.append(_peak_alloc(lambda: ref(draw)))
+
+    med_o, med_r = statistics.median(t_ours), statistics.median(t_ref)
+    tot_o, tot_r = sum(t_ours), sum(t_ref)
+    speed = tot_r / tot_o
+    peak_o, peak_r = max(m_ours), max(m_ref)
+    print(f"steps timed: {args.steps} (k drawn: {sorted(ks)})")
+    print(f"time/step  ours {1e3 * tot_o / len(t_ours):8.1f} ms (median {1e3 * med_o:.1f})   "
+          f"reference {1e3 * tot_r / len(t_ref):8.1f} ms (median {1e3 * med_r:.1f})")
+    print(f"peak torch CPU allocation per step (max over {args.mem_steps} steps, k=0..{cfg.student_steps - 1}): "
+          f"ours {peak_o / 2**20:.2f} MiB   reference {peak_r / 2**20:.2f} MiB")
+    print(f"same loss as the reference: relative difference {first_diff:.1e} at the first step, "
+          f"{max(diffs):.1e} at most after the two copies' weights drift apart by rounding")
+    ok = speed >= TARGET_SPEEDUP and peak_o <= peak_r
+    print(f"ratio: {speed:.2f}x faster, memory {peak_o / peak_r:.2f}x of the reference  "
+          f"[target >= {TARGET_SPEEDUP}x faster at no more memory: {'PASS' if ok else 'MISS'}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""SDA LoKr training over plain denoiser callables (pure torch; the node layer builds the callables).
+
+lokr        TrainableLoKr / LoKrSet / SlicedLoKr (LyCORIS maths, weight-wrapper shaped)
+schedule    the student's flow sigmas (ComfyUI's simple scheduler, shift) and no-grad Euler rollout
+loss        the SDA terms, one pure function each;  step: the forwards that feed them
+loop        train(): per-step generators, AdamW on the LoKr, skip/diverge, interrupt, checkpoints
+checkpoint  resumable state as safetensors + JSON;  lokr_file: the LoKr file with full metadata
+evaluate    held-out direction alignment;  toy: tiny denoisers for tests and benches
+"""
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import X0_PROJECTION, SDAConfig, SDAModels
+from .evaluate import alignment
+from .lokr import LoKrSet, SlicedLoKr, TrainableLoKr
+from .lokr_file import save_lokr, training_metadata
+from .loop import TrainingDiverged, TrainResult, train
+from .schedule import flow_sigmas, rollout
+from .step import LossTerms, sda_loss
+
+__all__ = [
+    "Checkpoint", "load_checkpoint", "save_checkpoint",
+    "SDAConfig", "SDAModels", "X0_PROJECTION",
+    "alignment",
+    "LoKrSet", "SlicedLoKr", "TrainableLoKr",
+    "save_lokr", "training_metadata",
+    "TrainingDiverged", "TrainResult", "train",
+    "flow_sigmas", "rollout",
+    "LossTerms", "sda_loss",
+]

@@ -1,0 +1,119 @@
+"""What an SDA run needs: hyper-parameters (`SDAConfig`) and the models as plain callables (`SDAModels`).
+
+Defaults are the SDA card's (see SDA.md): LoKr factor 8 with a full w2, AdamW with weight decay 0.001,
+Huber anchor delta 0.08, avg-pool kernel 8, the diversity term on steps 0..6 of the 8-step schedule
+(step 7 pure anchor), Z-Image's sampling shift 3.0, teacher cfg 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager
+
+import torch
+
+from .lokr import LoKrSet
+
+__all__ = ["SDAConfig", "SDAModels", "Denoiser", "X0_PROJECTION"]
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+"""denoise(x_t [B,C,H,W], sigma [B], cond) -> x0 [B,C,H,W] (ComfyUI's apply_model: the denoised estimate)."""
+
+X0_PROJECTION = "x_t - sigma*v (generalises the card's z - v at sigma=1)"
+
+
+@dataclass
+class SDAConfig:
+    """Every SDA hyper-parameter; saved whole into checkpoints and LoKr metadata."""
+
+    steps: int = 2500  # the released v1 came from step 2500 of its best run
+    lr: float = 1e-4
+    lambda_div: float = 1.0
+    huber_delta: float = 0.08
+    pool_kernel: int = 8
+    div_skip: int = 7  # diversity term only for schedule step index k < div_skip
+    student_steps: int = 8
+    shift: float = 3.0
+    factor: int = 8
+    rank: int | None = None  # None: full w2 (the card's "full rank")
+    weight_decay: float = 0.001
+    grad_clip: float = 1.0  # <= 0 disables clipping (the norm is still checked for finiteness)
+    teacher_cfg: float = 1.0
+    batch: int = 1  # prompts per step
+    seed: int = 0
+    checkpoint_every: int = 0  # 0: only on stop/interrupt and at the end
+    max_bad_steps: int = 5  # consecutive non-finite steps before TrainingDiverged
+    latent_shape: tuple[int, int, int] = (16, 64, 64)  # (C, H, W): Z-Image latent of a 512 px image
+
+    def __post_init__(self) -> None:
+        self.latent_shape = tuple(int(v) for v in self.latent_shape)
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse settings the loss cannot honour, with the reason."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"SDAConfig: {msg}")
+
+        need(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.lambda_div >= 0, f"lambda_div must be >= 0, got {self.lambda_div}")
+        need(self.huber_delta > 0, f"huber_delta must be > 0, got {self.huber_delta}")
+        need(self.student_steps >= 1, f"student_steps must be >= 1, got {self.student_steps}")
+        need(0 <= self.div_skip <= self.student_steps, f"div_skip must lie in 0..{self.student_steps}, got {self.div_skip}")
+        need(self.factor >= 1, f"factor must be >= 1, got {self.factor}")
+        need(self.rank is None or self.rank >= 1, f"rank must be None (full w2) or >= 1, got {self.rank}")
+        need(self.batch >= 1, f"batch must be >= 1, got {self.batch}")
+        need(self.max_bad_steps >= 1, f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
+        need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        need(self.teacher_cfg > 0, f"teacher_cfg must be > 0, got {self.teacher_cfg}")
+        need(len(self.latent_shape) == 3, f"latent_shape is (C, H, W), got {self.latent_shape}")
+        _, h, w = self.latent_shape
+        need(
+            self.pool_kernel >= 1 and h >= self.pool_kernel and w >= self.pool_kernel,
+            f"pool_kernel {self.pool_kernel} needs a latent of at least that size, got {h}x{w}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["latent_shape"] = list(self.latent_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SDAConfig":
+        """Inverse of `to_dict`; unknown keys (from a newer version) are refused, not ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"SDAConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class SDAModels:
+    """The models of one run as plain callables; sda_core never sees a ComfyUI object.
+
+    student: the MODEL being trained (LoKr on, assistant on). teacher: no-grad reference.
+    assistant: factory of a context manager that switches the assistant adapter OFF inside and back
+    ON on exit (also on exception); None when no assistant is loaded.
+    conds: positive conds, one picked per prompt row each step; negative: teacher cfg > 1 only.
+    batch_conds: list of per-row conds -> one cond for a batched forward (default: concat on dim 0).
+    device: where the noise goes (it is always drawn on the CPU, as ComfyUI does, for reproducibility).
+    """
+
+    student: Denoiser
+    teacher: Denoiser
+    lokr: LoKrSet
+    conds: list
+    assistant: Callable[[], ContextManager] | None = None
+    negative: Any = None
+    batch_conds: Callable[[list], Any] | None = None
+    device: torch.device | str = "cpu"
+
+    def validate(self, config: SDAConfig) -> None:
+        if not self.conds:
+            raise ValueError("SDAModels: at least one positive cond is needed")
+        if len(self.lokr) == 0:
+            raise ValueError("SDAModels: the LoKr set is empty; nothing would train")
+        if config.teacher_cfg != 1.0 and self.negative is None:
+            raise ValueError(f"SDAModels: teacher_cfg {config.teacher_cfg} needs a negative cond")

@@ -1,0 +1,115 @@
+"""Save a trained LoKr set as a LyCORIS-style safetensors file that ComfyUI loads as is.
+
+Keys `diffusion_model.{diffusers Z-Image module}.lokr_w1|lokr_w2` (or `lokr_w2_a`, `lokr_w2_b`, `alpha`):
+the names ComfyUI maps onto its fused qkv row slices. Unlike core's trainer, the file says how it was
+made: every SDA hyper-parameter, the step count, the base model, the LyCORIS algo info and a format
+version. Files are never overwritten and never written outside the folder given.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import torch
+
+from .config import X0_PROJECTION, SDAConfig
+from .files import atomic_save_safetensors, reserve_new_path
+from .lokr import LoKrSet
+
+__all__ = ["FORMAT_VERSION", "KEY_PREFIX", "save_lokr", "training_metadata", "lokr_file_tensors", "resolve_inside"]
+
+FORMAT_VERSION = "1"
+KEY_PREFIX = "diffusion_model."
+
+
+def training_metadata(config: SDAConfig, steps_done: int, base_model: str, **extra: Any) -> dict[str, Any]:
+    """The SDA run's description: every hyper-parameter, steps done, the base model (plus `extra`)."""
+    meta: dict[str, Any] = {
+        "sda_method": "SDA: teacher-guided semantic directional alignment (sda_diversity_loss_2026)",
+        "sda_config": config.to_dict(),
+        "sda_steps": int(steps_done),
+        "sda_base_model": str(base_model),
+        "sda_x0_projection": X0_PROJECTION,
+        "sda_optimizer": {"name": "AdamW", "lr": config.lr, "weight_decay": config.weight_decay,
+                          "grad_clip": config.grad_clip},
+    }
+    for k, v in extra.items():
+        meta[k if k.startswith(("sda_", "ss_", "modelspec.")) else f"sda_{k}"] = v
+    return meta
+
+
+def lokr_file_tensors(lokr: LoKrSet, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """`{diffusion_model.<module>.<lokr key>: tensor}` for the whole set (alpha kept in fp32)."""
+    out = {}
+    for name, m in lokr.items():
+        for key, t in m.state_tensors().items():
+            out[f"{KEY_PREFIX}{name}.{key}"] = t if (dtype is None or key == "alpha") else t.to(dtype)
+    return out
+
+
+def _algo_info(lokr: LoKrSet) -> dict[str, str]:
+    mods = [m for _, m in lokr.items()]
+    factors = sorted({m.factor for m in mods})
+    ranks = sorted({m.rank for m in mods}, key=lambda r: -1 if r is None else r)
+    full = all(m.full_matrix for m in mods)
+    args = {"algo": "lokr", "factor": ",".join(map(str, factors)), "full_matrix": str(full).lower()}
+    info = {
+        "ss_network_module": "lycoris.kohya",
+        "ss_network_args": json.dumps(args),
+        "sda_format_version": FORMAT_VERSION,
+        "sda_algo": "lokr",
+    }
+    if not full and len(ranks) == 1:
+        info["ss_network_dim"] = str(ranks[0])
+        info["ss_network_alpha"] = str(ranks[0])
+    return info
+
+
+def resolve_inside(root: str, name: str) -> str:
+    """Absolute path of `name` under `root`; ValueError if it escapes (.., absolute path, symlink)."""
+    if not name or name.strip() in {"", ".", ".."}:
+        raise ValueError(f"invalid file name {name!r}")
+    base = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(base, name))
+    if os.path.commonpath([base, target]) != base or target == base:
+        raise ValueError(f"refusing to write {name!r}: it resolves outside the folder {root!r}")
+    return target
+
+
+def _encode(metadata: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+
+
+def save_lokr(
+    path: str,
+    lokr: LoKrSet,
+    metadata: Mapping[str, Any],
+    *,
+    root: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> str:
+    """Write the LoKr file atomically and return the path actually written.
+
+    `path` is relative to `root` when given (and may not leave it); `.safetensors` is appended when
+    missing. An existing file is never overwritten: the name gets `_1`, `_2`, … instead. Non-string
+    metadata values are stored as JSON; the algo info and format version are always added.
+    """
+    if len(lokr) == 0:
+        raise ValueError("refusing to save an empty LoKr set")
+    if os.path.basename(path).strip() in {"", ".", "..", ".safetensors"}:
+        raise ValueError(f"invalid file name {path!r}")
+    if not path.endswith(".safetensors"):
+        path = path + ".safetensors"
+    target = resolve_inside(root, path) if root is not None else os.path.abspath(path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    meta = {**_encode(metadata), **_algo_info(lokr)}
+    tensors = lokr_file_tensors(lokr, dtype)
+    written = reserve_new_path(target)
+    try:
+        atomic_save_safetensors(tensors, written, meta)
+    except BaseException:
+        if os.path.exists(written) and os.path.getsize(written) == 0:
+            os.remove(written)
+        raise
+    return written

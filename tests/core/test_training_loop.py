@@ -1,0 +1,227 @@
+"""The loop end to end: the toy's known answer, exact resume, skipped/diverged steps, interrupt."""
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from sda_core.training import (
+    Checkpoint, TrainingDiverged, alignment, load_checkpoint, save_checkpoint, train,
+)
+from sda_core.training.loop import draw_step, step_seed
+from sda_core.training.toy import tiny_dit_problem, toy_problem
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny ops: a second thread only adds contention on the 2-core CI machines
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _lokr_tensors(tp):
+    return {n: p.detach().clone() for n, p in tp.models.lokr.named_tensors().items()}
+
+
+def test_sda_aligns_the_collapsed_students_seed_deltas_with_the_teachers():
+    # toy_problem: teacher x0 = image + M·lowfreq(x_t); student x0 = image + W·x_t with W tiny and random.
+    # The known answer: W turns towards M (cosine of low-passed seed deltas -> 1). lr 3e-2 is high enough
+    # that without the anchor the magnitude drifts (see the next test).
+    tp = toy_problem(steps=200)
+    before = alignment(tp.models, tp.config, n_pairs=8)
+    result = train(tp.models, tp.config)
+    after = alignment(tp.models, tp.config, n_pairs=8)
+    assert result.steps == 200 and not result.interrupted and result.bad_steps == 0
+    assert abs(before["cos"]) < 0.2, before
+    assert after["cos"] > 0.5, after
+    assert abs(after["std"] / before["std"] - 1) < 0.10, (before, after)  # the anchor keeps the magnitude
+    assert abs(after["mean_abs"] / before["mean_abs"] - 1) < 0.10
+    ks = [h["k"] for h in result.history]
+    assert set(ks) == set(range(8))  # k uniform over the schedule
+    assert all((h["diversity"] is None) == (h["k"] >= 7) for h in result.history)
+
+
+def test_without_the_anchor_the_magnitude_drifts(monkeypatch):
+    import sda_core.training.step as step_mod
+
+    real = step_mod.L.anchor_loss
+    monkeypatch.setattr(step_mod.L, "anchor_loss", lambda a, b, d=0.08: 0.0 * real(a, b, d))
+    tp = toy_problem(steps=200)
+    before = alignment(tp.models, tp.config, n_pairs=8)
+    train(tp.models, tp.config)
+    after = alignment(tp.models, tp.config, n_pairs=8)
+    assert after["cos"] > 0.5 and after["std"] / before["std"] > 1.2  # the control the check above needs
+
+
+def test_draws_are_per_step_and_reproducible():
+    cfg = toy_problem().config
+    a, b = draw_step(cfg, 5, 3), draw_step(cfg, 5, 3)
+    assert a.seeds == b.seeds and a.k == b.k and torch.equal(a.z1, b.z1) and torch.equal(a.z2, b.z2)
+    assert not torch.equal(a.z1, a.z2)
+    assert draw_step(cfg, 6, 3).seeds != a.seeds
+    torch.manual_seed(0)
+    c = draw_step(cfg, 5, 3)  # the global RNG plays no part
+    assert c.seeds == a.seeds
+    assert step_seed(0, 1) != step_seed(1, 0)
+
+
+class GlobalNoise:
+    """A student that also draws from torch's global RNG (like dropout would)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, x, sigma, cond):
+        return self.fn(x, sigma, cond) * (1 + 1e-3 * torch.randn(()))
+
+
+def _dit(steps):
+    tp = tiny_dit_problem(steps=steps, dim=32)
+    tp.models = dataclasses.replace(tp.models, student=GlobalNoise(tp.student))
+    return tp
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    torch.manual_seed(0)
+    full = _dit(6)
+    r_full = train(full.models, full.config)
+
+    torch.manual_seed(0)
+    first = _dit(6)
+    ckpt_path = str(tmp_path / "run.ckpt.safetensors")
+    seen = []
+    r1 = train(first.models, first.config, should_stop=lambda: len(seen) >= 3,
+               on_step=lambda s, e: seen.append(s), checkpoint_path=ckpt_path)
+    assert r1.interrupted and r1.steps == 3 and r1.checkpoint_path == ckpt_path and seen == [1, 2, 3]
+
+    torch.manual_seed(123)  # a fresh process: the checkpoint's RNG state must take over
+    resumed = _dit(6)
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt.step == 3 and len(ckpt.history) == 3
+    r2 = train(resumed.models, resumed.config, resume=ckpt)
+    assert r2.steps == 6 and r2.resumed_from == 3
+    assert r2.history == r_full.history
+    a, b = _lokr_tensors(full), _lokr_tensors(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert any(h["diversity"] is not None for h in r_full.history)
+
+
+def test_checkpoint_is_safetensors_with_json_metadata_no_pickle(tmp_path):
+    tp = toy_problem(steps=2)
+    path = str(tmp_path / "c.safetensors")
+    train(tp.models, tp.config, checkpoint_path=path)
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    meta = header["__metadata__"]
+    assert meta["step"] == "2" and json.loads(meta["config"])["huber_delta"] == 0.08
+    assert len(json.loads(meta["history"])) == 2
+    with safe_open(path, "pt") as f:
+        keys = set(f.keys())
+    assert {"lokr.mix.w1", "lokr.mix.w2", "rng.torch_cpu", "optim.0.exp_avg", "optim.1.exp_avg_sq"} <= keys
+    assert [p for p in os.listdir(tmp_path) if p != "c.safetensors"] == []  # no temp file left
+
+
+def test_checkpoint_refuses_another_lokr_layout(tmp_path):
+    tp = toy_problem(steps=1)
+    path = str(tmp_path / "c.safetensors")
+    train(tp.models, tp.config, checkpoint_path=path)
+    other = toy_problem(rank=2)
+    with pytest.raises(ValueError, match="does not match"):
+        load_checkpoint(path).restore(other.models.lokr)
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="not an SDA training checkpoint"):
+        load_checkpoint(str(tmp_path / "plain.safetensors"))
+
+
+class Poison:
+    """A student that returns NaN while `on` is set."""
+
+    def __init__(self, fn):
+        self.fn, self.on = fn, False
+
+    def __call__(self, x, sigma, cond):
+        out = self.fn(x, sigma, cond)
+        return out * float("nan") if self.on else out
+
+
+def test_nan_steps_are_skipped_and_counted():
+    tp = toy_problem(steps=8)
+    poison = Poison(tp.student)
+    tp.models = dataclasses.replace(tp.models, student=poison)
+    snapshots = {}
+
+    def on_step(step, entry):
+        snapshots[step] = _lokr_tensors(tp)
+        poison.on = step in (3, 4)  # steps 4 and 5 see NaN
+
+    r = train(tp.models, tp.config, on_step=on_step)
+    assert r.bad_steps == 2 and r.steps == 8
+    assert [h["skipped"] for h in r.history] == [False] * 3 + [True, True] + [False] * 3
+    assert r.history[3]["total"] is None
+    for step in (4, 5):  # no optimiser step while skipping
+        assert all(torch.equal(snapshots[step][n], snapshots[3][n]) for n in snapshots[3])
+    assert not torch.equal(snapshots[6]["mix.w2"], snapshots[5]["mix.w2"])
+
+
+def test_repeated_nan_raises_diverged_with_last_good_weights():
+    clean = toy_problem(steps=3)
+    train(clean.models, clean.config)
+    tp = toy_problem(steps=20, max_bad_steps=3)
+    poison = Poison(tp.student)
+    tp.models = dataclasses.replace(tp.models, student=poison)
+
+    def on_step(step, entry):
+        poison.on = step >= 3
+
+    with pytest.raises(TrainingDiverged, match="3 consecutive") as info:
+        train(tp.models, tp.config, on_step=on_step)
+    assert info.value.last_good_step == 3 and info.value.step == 6
+    a, b = _lokr_tensors(clean), _lokr_tensors(tp)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_interrupt_saves_and_periodic_checkpoints(tmp_path, monkeypatch):
+    import sda_core.training.loop as loop
+
+    tp = toy_problem(steps=10, checkpoint_every=4)
+    path = str(tmp_path / "c.safetensors")
+    steps_at_save = []
+
+    def spy(p, ckpt):
+        steps_at_save.append(ckpt.step)
+        return save_checkpoint(p, ckpt)
+
+    monkeypatch.setattr(loop, "save_checkpoint", spy)
+    r = train(tp.models, tp.config, checkpoint_path=path, should_stop=lambda: len(steps_at_save) == 2)
+    assert steps_at_save == [4, 8, 8] and r.interrupted and r.steps == 8
+    ckpt = load_checkpoint(path)
+    assert isinstance(ckpt, Checkpoint) and ckpt.step == 8 and len(ckpt.history) == 8
+
+
+def test_an_update_that_overflows_the_weights_is_undone(monkeypatch):
+    class Overflowing(torch.optim.AdamW):
+        calls = 0
+
+        def step(self, closure=None):
+            super().step(closure)
+            Overflowing.calls += 1
+            if Overflowing.calls > 2:  # from the third update on, the weights overflow
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+
+    monkeypatch.setattr(torch.optim, "AdamW", Overflowing)
+    clean = toy_problem(steps=2)
+    train(clean.models, clean.config)
+    Overflowing.calls = 0
+    tp = toy_problem(steps=10, max_bad_steps=2)
+    with pytest.raises(TrainingDiverged) as info:
+        train(tp.models, tp.config)
+    assert info.value.last_good_step == 2 and info.value.step == 4
+    a, b = _lokr_tensors(clean), _lokr_tensors(tp)
+    assert all(torch.equal(a[n], b[n]) for n in a)
