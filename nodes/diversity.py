@@ -1,0 +1,152 @@
+"""Diversity nodes: a multi-seed grid scored with LPIPS and pixel std, a model-beside-model comparison, a scorer."""
+from __future__ import annotations
+
+import comfy.samplers
+from comfy_api.latest import io, ui
+
+from ..sda_core.diversity.grid import draw_heatmap
+from ..sda_core.diversity.results import (DiversityResult, compare_results, grid_header, grid_report, score_images,
+                                          compare_image)
+from ..sda_core.seeds import resolve_seeds
+from . import host, sampling
+
+CATEGORY = "SDA"
+DiversityType = io.Custom("SDA_DIVERSITY")
+LPIPS_NETS = ["alex", "vgg", "squeeze"]
+LPIPS_SIZES = ["short side 256", "native"]
+ROLES = ["none", "1", "2", "3", "4"]
+
+
+def _lpips_inputs() -> list:
+    return [
+        io.Combo.Input("lpips_net", options=LPIPS_NETS, default="alex", tooltip="LPIPS backbone (alex as in the SDA card)."),
+        io.Combo.Input("lpips_size", options=LPIPS_SIZES, default="short side 256",
+                       tooltip="Resize so the short side is 256 px before LPIPS, or score at native size."),
+    ]
+
+
+def _resize(lpips_size: str) -> int | None:
+    return 256 if lpips_size == "short side 256" else None
+
+
+class SDASeedDiversityGrid(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SDASeedDiversityGrid",
+            display_name="Seed Diversity Grid",
+            category=CATEGORY,
+            description=("Render one prompt with many seeds (image k = KSampler's image for seed k), score the batch "
+                         "with average pairwise LPIPS and pixel std, and draw a labelled grid."),
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model"),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.Vae.Input("vae"),
+                io.Int.Input("width", default=1024, min=64, max=4096, step=16),
+                io.Int.Input("height", default=1024, min=64, max=4096, step=16),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="First seed; the grid uses seed, seed+1, … unless seed_list is set."),
+                io.Int.Input("num_seeds", default=16, min=2, max=256),
+                io.String.Input("seed_list", default="", tooltip="e.g. 42,123,777,999 — wins over seed/num_seeds when not empty."),
+                io.Int.Input("steps", default=8, min=1, max=200),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler"),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple"),
+                io.Int.Input("batch_size", default=4, min=1, max=64, tooltip="Seeds sampled together."),
+                io.String.Input("label", default="model"),
+                *_lpips_inputs(),
+            ],
+            outputs=[
+                io.Image.Output("grid", display_name="grid"),
+                io.Image.Output("images", display_name="images"),
+                io.Float.Output("avg_lpips", display_name="avg_lpips"),
+                io.Float.Output("pixel_std", display_name="pixel_std"),
+                io.String.Output("report", display_name="report"),
+                DiversityType.Output("result", display_name="result"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, vae, width, height, seed, num_seeds, seed_list, steps, cfg,
+                sampler_name, scheduler, batch_size, label, lpips_net="alex", lpips_size="short side 256") -> io.NodeOutput:
+        seeds = resolve_seeds(seed, num_seeds, seed_list)
+        latents, used_batch = sampling.sample_seeds(
+            model, positive, negative, seeds, width=width, height=height, steps=steps, cfg=cfg,
+            sampler_name=sampler_name, scheduler=scheduler, batch_size=batch_size)
+        host.throw_if_interrupted()
+        images = host.decode(vae, latents)
+        settings = {"width": width, "height": height, "steps": steps, "cfg": cfg, "sampler": sampler_name,
+                    "scheduler": scheduler, "batch_size": used_batch}
+        if used_batch != batch_size:
+            settings["note"] = f"{sampler_name} draws noise while sampling: seeds were sampled one at a time"
+        scores, matrix = score_images(images, host.lpips_model(lpips_net), _resize(lpips_size))
+        result = DiversityResult(label=label, images=images, seeds=seeds, scores=scores, matrix=matrix,
+                                 settings=settings)
+        result.grid = result.draw_grid(grid_header(label, settings, scores))
+        report = grid_report(result)
+        return io.NodeOutput(result.grid, images, scores.avg_lpips, scores.pixel_std, report, result,
+                             ui=ui.PreviewImage(result.grid, cls=cls))
+
+
+class SDADiversityCompare(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SDADiversityCompare",
+            display_name="Diversity Compare",
+            category=CATEGORY,
+            description=("Two to four Seed Diversity Grid results side by side, one row per model, with the recovery "
+                         "(candidate − baseline) / (teacher − baseline) when a baseline and a teacher are marked."),
+            is_output_node=True,
+            inputs=[
+                DiversityType.Input("result_1"),
+                DiversityType.Input("result_2"),
+                DiversityType.Input("result_3", optional=True),
+                DiversityType.Input("result_4", optional=True),
+                io.Combo.Input("baseline", options=ROLES, default="1", tooltip="Which input is the collapsed baseline."),
+                io.Combo.Input("teacher", options=ROLES, default="none", tooltip="Which input is the many-step teacher."),
+            ],
+            outputs=[io.Image.Output("image", display_name="image"), io.String.Output("table", display_name="table")],
+        )
+
+    @classmethod
+    def execute(cls, result_1, result_2, result_3=None, result_4=None, baseline="1", teacher="none") -> io.NodeOutput:
+        results = [result_1, result_2, result_3, result_4]
+        comparison = compare_results(results, baseline=None if baseline == "none" else int(baseline),
+                                     teacher=None if teacher == "none" else int(teacher))
+        image = compare_image(comparison)
+        return io.NodeOutput(image, comparison.table, ui=ui.PreviewImage(image, cls=cls))
+
+
+class SDALPIPSScore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SDALPIPSScore",
+            display_name="LPIPS Diversity Score",
+            category=CATEGORY,
+            description="Average pairwise LPIPS, pixel std, sharpness and Vendi score of any IMAGE batch, with the pairwise heat-map.",
+            is_output_node=True,
+            inputs=[io.Image.Input("images"), *_lpips_inputs()],
+            outputs=[
+                io.Float.Output("avg_lpips", display_name="avg_lpips"),
+                io.Float.Output("pixel_std", display_name="pixel_std"),
+                io.Image.Output("heatmap", display_name="heatmap"),
+                io.String.Output("report", display_name="report"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, images, lpips_net="alex", lpips_size="short side 256") -> io.NodeOutput:
+        scores, matrix = score_images(images, host.lpips_model(lpips_net), _resize(lpips_size))
+        labels = [str(k) for k in range(matrix.shape[0])]
+        heatmap = draw_heatmap(matrix, labels, f"pairwise LPIPS ({scores.net}) — avg {scores.avg_lpips:.3f}")
+        result = DiversityResult(label="images", images=images, seeds=labels, scores=scores, matrix=matrix, settings={})
+        report = grid_report(result)
+        return io.NodeOutput(scores.avg_lpips, scores.pixel_std, heatmap, report,
+                             ui=ui.PreviewText(report))
+
+
+NODES = [SDASeedDiversityGrid, SDADiversityCompare, SDALPIPSScore]

@@ -1,0 +1,145 @@
+"""One model's seed-diversity result, its report, and the model-beside-model comparison built from several.
+
+What travels between the grid node and the compare node is a DiversityResult: the images, seeds, scores and
+pairwise matrix of one model under one setting.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .grid import compose_rows, draw_seed_grid
+from .lpips_pairs import PairwiseLPIPS
+from .scores import DEFINITIONS, DiversityScores, recovery_ratio, score_batch
+from .table import markdown_table
+
+
+@dataclass
+class DiversityResult:
+    label: str
+    images: torch.Tensor  # IMAGE [N, H, W, 3] in [0, 1]
+    seeds: list
+    scores: DiversityScores
+    matrix: torch.Tensor  # [N, N] pairwise LPIPS
+    settings: dict[str, Any] = field(default_factory=dict)
+    grid: torch.Tensor | None = None
+
+    def draw_grid(self, header_lines: Sequence[str]) -> torch.Tensor:
+        grid, _ = draw_seed_grid(self.images, self.seeds, header_lines)
+        return grid
+
+
+def score_images(images: torch.Tensor, lpips_model: PairwiseLPIPS, resize_short_side: int | None = 256,
+                 tau: float = 0.5) -> tuple[DiversityScores, torch.Tensor]:
+    return score_batch(images, lpips_model, resize_short_side, tau)
+
+
+def score_lines(scores: DiversityScores) -> list[str]:
+    return [
+        f"avg LPIPS {scores.avg_lpips:.3f}  ·  pixel std {scores.pixel_std:.3f}",
+        f"sharpness {scores.sharpness:.4g}  ·  Vendi {scores.vendi:.2f} of {scores.n_images}",
+    ]
+
+
+def grid_header(label: str, settings: dict[str, Any], scores: DiversityScores) -> list[str]:
+    shown = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "note")
+    lines = [label, shown, *score_lines(scores)]
+    if settings.get("note"):
+        lines.append(settings["note"])
+    return lines
+
+
+def _pair_summary(matrix: torch.Tensor, seeds: Sequence) -> dict[str, Any]:
+    n = matrix.shape[0]
+    iu = torch.triu_indices(n, n, offset=1)
+    values = matrix[iu[0], iu[1]]
+    lo, hi = int(values.argmin()), int(values.argmax())
+
+    def pair(k: int) -> dict[str, Any]:
+        i, j = int(iu[0][k]), int(iu[1][k])
+        return {"seeds": [seeds[i], seeds[j]], "lpips": float(values[k])}
+
+    return {"pairs": int(values.numel()), "min": float(values.min()), "max": float(values.max()),
+            "mean": float(values.mean()), "std": float(values.std(correction=0)),
+            "most_similar": pair(lo), "most_different": pair(hi)}
+
+
+def grid_report(result: DiversityResult) -> str:
+    """The JSON report of one grid: settings, seeds, scores, a summary of the pairwise matrix, definitions."""
+    return json.dumps({
+        "label": result.label,
+        "settings": result.settings,
+        "seeds": list(result.seeds),
+        "scores": result.scores.to_dict(),
+        "pairwise_lpips": _pair_summary(result.matrix, result.seeds),
+        "definitions": DEFINITIONS,
+    }, indent=2)
+
+
+@dataclass
+class Comparison:
+    results: list[DiversityResult]
+    roles: list[str]
+    rows: list[dict[str, Any]]
+    table: str
+
+
+def compare_results(results: Sequence[DiversityResult | None], baseline: int | None = None,
+                    teacher: int | None = None) -> Comparison:
+    """Rows in the given order (inputs left empty are skipped); recovery for each candidate row when both a
+    baseline and a teacher are marked. `baseline`/`teacher` are 1-based input positions."""
+    given = [(k, r) for k, r in enumerate(results, start=1) if r is not None]
+    if len(given) < 2:
+        raise ValueError(f"Diversity Compare needs at least 2 results, got {len(given)}")
+    positions = [k for k, _ in given]
+    for name, index in (("baseline", baseline), ("teacher", teacher)):
+        if index is not None and index not in positions:
+            raise ValueError(f"{name} is input {index}, but result_{index} is not connected")
+    if baseline is not None and baseline == teacher:
+        raise ValueError(f"baseline and teacher are both input {baseline}; mark two different inputs")
+    by_pos = dict(given)
+    rows, roles = [], []
+    for k, r in given:
+        role = "baseline" if k == baseline else "teacher" if k == teacher else "candidate"
+        recovery = None
+        if role == "candidate" and baseline is not None and teacher is not None:
+            recovery = recovery_ratio(by_pos[baseline].scores.avg_lpips, r.scores.avg_lpips,
+                                      by_pos[teacher].scores.avg_lpips)
+        base = by_pos.get(baseline)
+        rel_sharp = r.scores.sharpness / base.scores.sharpness if base is not None and base.scores.sharpness else None
+        rows.append({"label": r.label, "role": role, "avg_lpips": r.scores.avg_lpips,
+                     "pixel_std": r.scores.pixel_std, "sharpness": r.scores.sharpness,
+                     "sharpness_rel": rel_sharp, "vendi": r.scores.vendi, "recovery": recovery})
+        roles.append(role)
+    candidates = [row for row in rows if row["role"] == "candidate"]
+    table = markdown_table(rows, candidates[0]["recovery"] if len(candidates) == 1 else None)
+    if len(candidates) > 1:
+        lines = table.splitlines()[:-1]
+        for row in candidates:
+            value = "n/a" if row["recovery"] is None else f"{row['recovery'] * 100:.1f} %"
+            lines.append(f"Recovery of {row['label']} = ({row['label']} − baseline)/(teacher − baseline) = {value}")
+        table = "\n".join(lines)
+    return Comparison(results=[r for _, r in given], roles=roles, rows=rows, table=table)
+
+
+def _side_text(row: dict[str, Any]) -> list[str]:
+    lines = [f"{row['label']} ({row['role']})", f"avg LPIPS {row['avg_lpips']:.3f}", f"pixel std {row['pixel_std']:.3f}"]
+    sharp = f"sharpness {row['sharpness']:.4g}"
+    if row["sharpness_rel"] is not None and row["role"] != "baseline":
+        sharp += f" (×{row['sharpness_rel']:.2f} baseline)"
+    lines += [sharp, f"Vendi {row['vendi']:.2f}"]
+    if row["recovery"] is not None:
+        lines.append(f"recovery {row['recovery'] * 100:.1f} %")
+    return lines
+
+
+def compare_image(comparison: Comparison) -> torch.Tensor:
+    """One row per model (its grid, or its images tiled), scores in a side panel."""
+    rows = []
+    for result, row in zip(comparison.results, comparison.rows):
+        grid = result.grid if result.grid is not None else result.draw_grid([result.label])
+        rows.append((grid, _side_text(row)))
+    return compose_rows(rows, ["Seed diversity, model beside model"])
