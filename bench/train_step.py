@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 from sda_core.training import loss as L  # noqa: E402
 from sda_core.training.batching import concat_conds  # noqa: E402
@@ -49,7 +50,7 @@ TINY = {"dim": 256, "n_layers": 2, "size": 32, "batch": 1}
 
 def default_builder() -> tuple[SDAModels, SDAConfig]:
     """A Z-Image-named transformer of the tiny test Z-Image's size: dim 256, 2 blocks, 16x32x32 latents."""
-    from sda_core.training.toy import tiny_dit_problem
+    from sdatest.toy_training import tiny_dit_problem
 
     tp = tiny_dit_problem(size=TINY["size"], dim=TINY["dim"], n_layers=TINY["n_layers"], batch=TINY["batch"],
                           steps=10**6, lr=1e-4)

@@ -5,7 +5,7 @@ schedule    the student's flow sigmas (ComfyUI's simple scheduler, shift) and no
 loss        the SDA terms, one pure function each;  step: the forwards that feed them
 loop        train(): per-step generators, AdamW on the LoKr, skip/diverge, interrupt, checkpoints
 checkpoint  resumable state as safetensors + JSON;  lokr_file: the LoKr file with full metadata
-evaluate    held-out direction alignment;  toy: tiny denoisers for tests and benches
+evaluate    held-out direction alignment
 """
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import X0_PROJECTION, SDAConfig, SDAModels

@@ -11,7 +11,7 @@ from sda_core.training import (
     Checkpoint, TrainingDiverged, alignment, load_checkpoint, save_checkpoint, train,
 )
 from sda_core.training.loop import draw_step, step_seed
-from sda_core.training.toy import tiny_dit_problem, toy_problem
+from sdatest.toy_training import tiny_dit_problem, toy_problem
 
 
 @pytest.fixture(autouse=True)

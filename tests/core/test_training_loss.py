@@ -9,7 +9,7 @@ from sda_core.training import loss as L
 from sda_core.training.config import SDAConfig
 from sda_core.training.schedule import flow_sigmas, rollout
 from sda_core.training.step import sda_loss, teacher_x0
-from sda_core.training.toy import toy_problem
+from sdatest.toy_training import toy_problem
 
 
 # --- pure terms --------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .config import SDAConfig, SDAModels
-from .lokr import LoKrSet, SlicedLoKr
+from sda_core.training.config import SDAConfig, SDAModels
+from sda_core.training.lokr import LoKrSet, SlicedLoKr
 
 __all__ = [
     "lowfreq",
