@@ -1,0 +1,1 @@
+"""Running the pack without the UI: ComfyUI as a library (runtime) and the headless comparison (compare)."""
