@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import comfy.samplers
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from ..sda_core.diversity.grid import draw_heatmap
 from ..sda_core.diversity.results import (DiversityResult, compare_results, grid_header, grid_report, score_images,
@@ -87,7 +87,7 @@ class SDASeedDiversityGrid(io.ComfyNode):
         result.grid = result.draw_grid(grid_header(label, settings, scores))
         report = grid_report(result)
         return io.NodeOutput(result.grid, images, scores.avg_lpips, scores.pixel_std, report, result,
-                             ui=ui.PreviewImage(result.grid, cls=cls))
+                             ui=host.image_and_text_ui(result.grid, report, cls))
 
 
 class SDADiversityCompare(io.ComfyNode):
@@ -117,7 +117,7 @@ class SDADiversityCompare(io.ComfyNode):
         comparison = compare_results(results, baseline=None if baseline == "none" else int(baseline),
                                      teacher=None if teacher == "none" else int(teacher))
         image = compare_image(comparison)
-        return io.NodeOutput(image, comparison.table, ui=ui.PreviewImage(image, cls=cls))
+        return io.NodeOutput(image, comparison.table, ui=host.image_and_text_ui(image, comparison.table, cls))
 
 
 class SDALPIPSScore(io.ComfyNode):
@@ -146,7 +146,7 @@ class SDALPIPSScore(io.ComfyNode):
         result = DiversityResult(label="images", images=images, seeds=labels, scores=scores, matrix=matrix, settings={})
         report = grid_report(result)
         return io.NodeOutput(scores.avg_lpips, scores.pixel_std, heatmap, report,
-                             ui=ui.PreviewText(report))
+                             ui=host.image_and_text_ui(heatmap, report, cls))
 
 
 NODES = [SDASeedDiversityGrid, SDADiversityCompare, SDALPIPSScore]

@@ -168,6 +168,13 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return images
 
 
+def image_and_text_ui(image: torch.Tensor, text: str, cls) -> dict:
+    """An image preview and a text on the node at once (and in the prompt's history, for headless use)."""
+    from comfy_api.latest import ui
+
+    return {**ui.PreviewImage(image, cls=cls).as_dict(), "text": (text,)}
+
+
 def throw_if_interrupted() -> None:
     import comfy.model_management
 
