@@ -13,7 +13,7 @@ import torch
 
 from .grid import compose_rows, draw_seed_grid
 from .lpips_pairs import PairwiseLPIPS
-from .scores import DEFINITIONS, DiversityScores, recovery_ratio, score_batch
+from .scores import DEFINITIONS, DiversityScores, definitions_markdown, recovery_ratio, score_batch
 from .table import markdown_table
 
 
@@ -122,6 +122,7 @@ def compare_results(results: Sequence[DiversityResult | None], baseline: int | N
             value = "n/a" if row["recovery"] is None else f"{row['recovery'] * 100:.1f} %"
             lines.append(f"Recovery of {row['label']} = ({row['label']} − baseline)/(teacher − baseline) = {value}")
         table = "\n".join(lines)
+    table += "\n\nDefinitions:\n" + definitions_markdown()
     return Comparison(results=[r for _, r in given], roles=roles, rows=rows, table=table)
 
 
