@@ -44,13 +44,13 @@ def definitions_markdown() -> str:
 
 def pixel_std(images: torch.Tensor) -> float:
     """Mean over images of each image's population std (ddof=0, numpy's default) of pixels in [0, 1]."""
-    x = validate_images(images, what="pixel std").double()
+    x = validate_images(images, what="pixel std").to("cpu", torch.float64)
     return float(x.flatten(1).std(dim=1, correction=0).mean())
 
 
 def luma(images: torch.Tensor) -> torch.Tensor:
     """ITU-R BT.601 luma [N, H, W] of an IMAGE batch, same scale as the input."""
-    x = validate_images(images, what="luma").double()
+    x = validate_images(images, what="luma").to("cpu", torch.float64)
     return (x * x.new_tensor(LUMA_601)).sum(dim=-1)
 
 

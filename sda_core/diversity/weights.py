@@ -51,6 +51,7 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 _CACHE: dict[tuple, lpips.LPIPS] = {}
+Folders = Sequence[str | os.PathLike] | str | os.PathLike  # one folder may be given bare
 
 
 def _backbone(net: str) -> Backbone:
@@ -59,15 +60,20 @@ def _backbone(net: str) -> Backbone:
     return BACKBONES[net]
 
 
+def _folders(search_dirs: Folders) -> list[str | os.PathLike]:
+    """search_dirs as a list; one folder passed bare would otherwise be iterated letter by letter."""
+    return [search_dirs] if isinstance(search_dirs, (str, os.PathLike)) else list(search_dirs)
+
+
 def hub_checkpoint_path(net: str) -> Path:
     """Where torchvision caches (and looks for) this backbone: $TORCH_HOME/hub/checkpoints/<file>."""
     return Path(torch.hub.get_dir()) / "checkpoints" / _backbone(net).pth
 
 
-def find_backbone_file(net: str, search_dirs: Sequence[str | os.PathLike] = ()) -> Path | None:
+def find_backbone_file(net: str, search_dirs: Folders = ()) -> Path | None:
     """First existing backbone file: search_dirs (.safetensors, then .pth), then the hub cache."""
     bb = _backbone(net)
-    for folder in search_dirs:
+    for folder in _folders(search_dirs):
         for name in (bb.safetensors, bb.pth):
             path = Path(folder) / name
             if path.is_file():
@@ -92,9 +98,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def _missing_message(net: str, search_dirs: Sequence[str | os.PathLike], reason: str) -> str:
+def _missing_message(net: str, search_dirs: Folders, reason: str) -> str:
     bb = _backbone(net)
-    places = [str(Path(d)) for d in search_dirs] + [str(hub_checkpoint_path(net).parent)]
+    places = [str(Path(d)) for d in _folders(search_dirs)] + [str(hub_checkpoint_path(net).parent)]
     return (
         f"LPIPS '{net}' needs the torchvision {bb.torchvision_name} backbone weights and none were found "
         f"({reason}). Put {bb.pth} (or {bb.safetensors} with the same keys) into one of: "
@@ -103,7 +109,7 @@ def _missing_message(net: str, search_dirs: Sequence[str | os.PathLike], reason:
     )
 
 
-def download_state_dict(net: str, search_dirs: Sequence[str | os.PathLike] = ()) -> dict[str, torch.Tensor]:
+def download_state_dict(net: str, search_dirs: Folders = ()) -> dict[str, torch.Tensor]:
     """torchvision's hash-checked download into the hub cache, or LPIPSWeightsError."""
     try:
         return torch.hub.load_state_dict_from_url(
@@ -147,18 +153,29 @@ def build_lpips(net: str) -> lpips.LPIPS:
 
 
 def load_lpips(
-    net: str = "alex", search_dirs: Sequence[str | os.PathLike] = (), *, device: torch.device | str | None = None
+    net: str = "alex",
+    search_dirs: Folders = (),
+    *,
+    device: torch.device | str | None = None,
+    allow_download: bool = True,
 ) -> lpips.LPIPS:
-    """LPIPS model with real backbone weights, frozen and in eval mode; cached per (net, device, file).
+    """LPIPS model with real backbone weights, frozen and in eval mode.
 
-    Raises LPIPSWeightsError when no file is found and the download fails.
+    Cached per (net, device, file) and shared between callers: do not modify it. Raises
+    LPIPSWeightsError when no file is found and the download fails or is not allowed (torch's
+    download has no timeout, so callers that know they are offline should pass False).
     """
     device = torch.device(device if device is not None else "cpu")
     path = find_backbone_file(net, search_dirs)
     key = (net, str(device), str(path), path.stat().st_mtime_ns if path else None)
     if key in _CACHE:
         return _CACHE[key]
-    state = read_state_dict(path) if path else download_state_dict(net, search_dirs)
+    if path:
+        state = read_state_dict(path)
+    elif allow_download:
+        state = download_state_dict(net, search_dirs)
+    else:
+        raise LPIPSWeightsError(_missing_message(net, search_dirs, "no file found and downloads are off"))
     model = build_lpips(net)
     load_backbone(model, state, source=str(path) if path else _backbone(net).url)
     model = model.to(device).eval().requires_grad_(False)

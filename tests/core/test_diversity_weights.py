@@ -110,3 +110,14 @@ def test_wrong_network_in_file_is_refused(tmp_path):
 def test_unknown_net():
     with pytest.raises(ValueError, match="unknown LPIPS net"):
         load_lpips("resnet")
+
+
+def test_one_folder_given_bare(tmp_path, alexnet_state):
+    torch.save(alexnet_state, tmp_path / "alexnet-owt-7be5be79.pth")
+    assert find_backbone_file("alex", str(tmp_path)) == tmp_path / "alexnet-owt-7be5be79.pth"
+
+
+def test_downloads_off(tmp_path, offline):
+    with pytest.raises(LPIPSWeightsError, match="downloads are off.*squeezenet1_1-b8a52dc0.pth"):
+        load_lpips("squeeze", [tmp_path], allow_download=False)
+    assert offline == []
