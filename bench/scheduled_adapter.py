@@ -49,7 +49,7 @@ def main() -> None:
     if path is None:
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout (bash scripts/test.sh provides one in ~/.cache/comfyui-sda)")
     host = comfy_host.boot(path)
-    shapes = {k: tuple(v.shape) for k, v in tiny_models.tiny_zimage(0).model.diffusion_model.state_dict().items()}
+    shapes = tiny_models.tiny_zimage_shapes()
     write_sda_lokr(host.folder("loras") / LOKR, shapes, factor=8, seed=1, scale=0.05)
 
     variants = [("base", ""), ("loader", ""), ("scheduled all steps", "1"), ("scheduled first 2 of 8", "1,1,0")]

@@ -17,9 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
-import torch  # noqa: E402
-
-from sdatest import comfy_host  # noqa: E402
+from sdatest import comfy_host, tiny_models  # noqa: E402
 from sdatest.graph import Graph  # noqa: E402
 
 
@@ -60,12 +58,7 @@ def main() -> None:
     if path is None:
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout (bash scripts/test.sh provides one in ~/.cache/comfyui-sda)")
     host = comfy_host.boot(path)
-    import torchvision
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)  # random LPIPS backbone: the bench times, it does not judge images
-    save_file({k: v.contiguous() for k, v in torchvision.models.alexnet(weights=None).state_dict().items()
-               if k.startswith("features.")}, str(host.folder("lpips") / "alexnet.safetensors"))
+    tiny_models.write_lpips_backbone(host.folder("lpips"))  # random backbone: the bench times, it does not judge
     seeds = list(range(100, 100 + args.seeds))
     variants = {"KSampler per seed (peer)": per_seed_prompt(seeds, args.size),
                 "grid batch 1": grid_prompt(seeds, args.size, 1),

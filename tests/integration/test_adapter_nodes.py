@@ -14,8 +14,7 @@ from sdatest.graph import Graph
 
 @pytest.fixture(scope="module")
 def shapes(comfy):
-    patcher = tiny_models.tiny_zimage(0)
-    return {k: tuple(v.shape) for k, v in patcher.model.diffusion_model.state_dict().items()}
+    return tiny_models.tiny_zimage_shapes()
 
 
 @pytest.fixture(scope="module")

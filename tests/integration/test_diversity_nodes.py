@@ -17,22 +17,12 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def lpips_weights(comfy):
-    """A random AlexNet backbone in torchvision's layout, in models/lpips: real loading code, test weights."""
-    import torchvision
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    state = {k: v.contiguous() for k, v in torchvision.models.alexnet(weights=None).state_dict().items()
-             if k.startswith("features.")}
-    path = comfy.folder("lpips") / "alexnet.safetensors"
-    save_file(state, str(path))
-    return path
+    return tiny_models.write_lpips_backbone(comfy.folder("lpips"))
 
 
 @pytest.fixture(scope="module")
 def lokr(comfy):
-    patcher = tiny_models.tiny_zimage(0)
-    shapes = {k: tuple(v.shape) for k, v in patcher.model.diffusion_model.state_dict().items()}
+    shapes = tiny_models.tiny_zimage_shapes()
     write_sda_lokr(comfy.folder("loras") / "div_sda.safetensors", shapes, factor=8, seed=4, scale=0.2)
     return "div_sda.safetensors"
 

@@ -5,7 +5,6 @@ import json
 import zlib
 
 import pytest
-import torch
 
 from headless import compare
 from sdatest import tiny_models
@@ -18,16 +17,9 @@ def files(comfy):
                          ("diffusion_models", "z_image_bf16.safetensors"),
                          ("text_encoders", "qwen_3_4b.safetensors"), ("vae", "ae.safetensors")):
         (comfy.folder(folder) / name).touch()
-    shapes = {k: tuple(v.shape) for k, v in tiny_models.tiny_zimage(0).model.diffusion_model.state_dict().items()}
+    shapes = tiny_models.tiny_zimage_shapes()
     write_sda_lokr(comfy.folder("loras") / "cli_sda.safetensors", shapes, factor=8, seed=9, scale=0.2)
-    import torchvision
-    from safetensors.torch import save_file
-
-    path = comfy.folder("lpips") / "alexnet.safetensors"
-    if not path.exists():
-        torch.manual_seed(0)
-        save_file({k: v.contiguous() for k, v in torchvision.models.alexnet(weights=None).state_dict().items()
-                   if k.startswith("features.")}, str(path))
+    tiny_models.write_lpips_backbone(comfy.folder("lpips"))
 
 
 MODELS = ["turbo", "sda:lora=cli_sda.safetensors@1.0", "teacher:unet=z_image_bf16.safetensors,steps=6,cfg=1"]

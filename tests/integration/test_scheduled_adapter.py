@@ -14,8 +14,7 @@ LOKR = "sched_sda.safetensors"
 
 @pytest.fixture(scope="module")
 def lokr(comfy):
-    patcher = tiny_models.tiny_zimage(0)
-    shapes = {k: tuple(v.shape) for k, v in patcher.model.diffusion_model.state_dict().items()}
+    shapes = tiny_models.tiny_zimage_shapes()
     write_sda_lokr(comfy.folder("loras") / LOKR, shapes, factor=8, seed=11, scale=0.05)
     return LOKR
 

@@ -71,3 +71,24 @@ def tiny_conditioning(seed: int = 0, tokens: int = 8, cap_feat_dim: int = 32):
     """A CONDITIONING as KSampler takes it: [[context [1, T, cap_feat_dim], {}]]."""
     gen = torch.Generator().manual_seed(seed)
     return [[torch.randn(1, tokens, cap_feat_dim, generator=gen), {}]]
+
+
+def tiny_zimage_shapes(seed: int = 0) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of the tiny Z-Image, as adapter files for it need them."""
+    return {k: tuple(v.shape) for k, v in tiny_zimage(seed).model.diffusion_model.state_dict().items()}
+
+
+def write_lpips_backbone(folder, seed: int = 0):
+    """A random AlexNet backbone in torchvision's layout as models/lpips/alexnet.safetensors: the real loading
+    code runs, on test weights (nothing is downloaded here)."""
+    from pathlib import Path
+
+    import torchvision
+    from safetensors.torch import save_file
+
+    path = Path(folder) / "alexnet.safetensors"
+    if not path.exists():
+        torch.manual_seed(seed)
+        state = torchvision.models.alexnet(weights=None).state_dict()
+        save_file({k: v.contiguous() for k, v in state.items() if k.startswith("features.")}, str(path))
+    return path
