@@ -5,8 +5,8 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..sda_core.diversity.grid import draw_heatmap
-from ..sda_core.diversity.results import (DiversityResult, compare_results, grid_header, grid_report, score_images,
-                                          compare_image)
+from ..sda_core.diversity.results import DiversityResult, compare_image, compare_results, grid_header, grid_report
+from ..sda_core.diversity.scores import score_batch
 from ..sda_core.seeds import resolve_seeds
 from . import host, sampling
 
@@ -72,6 +72,7 @@ class SDASeedDiversityGrid(io.ComfyNode):
     def execute(cls, model, positive, negative, vae, width, height, seed, num_seeds, seed_list, steps, cfg,
                 sampler_name, scheduler, batch_size, label, lpips_net="alex", lpips_size="short side 256") -> io.NodeOutput:
         seeds = resolve_seeds(seed, num_seeds, seed_list)
+        lpips = host.lpips_model(lpips_net)  # before sampling: missing weights fail fast
         latents, used_batch = sampling.sample_seeds(
             model, positive, negative, seeds, width=width, height=height, steps=steps, cfg=cfg,
             sampler_name=sampler_name, scheduler=scheduler, batch_size=batch_size)
@@ -81,7 +82,7 @@ class SDASeedDiversityGrid(io.ComfyNode):
                     "scheduler": scheduler, "batch_size": used_batch}
         if used_batch != batch_size:
             settings["note"] = f"{sampler_name} draws noise while sampling: seeds were sampled one at a time"
-        scores, matrix = score_images(images, host.lpips_model(lpips_net), _resize(lpips_size))
+        scores, matrix = score_batch(images, lpips, _resize(lpips_size))
         result = DiversityResult(label=label, images=images, seeds=seeds, scores=scores, matrix=matrix,
                                  settings=settings)
         result.grid = result.draw_grid(grid_header(label, settings, scores))
@@ -140,7 +141,7 @@ class SDALPIPSScore(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, lpips_net="alex", lpips_size="short side 256") -> io.NodeOutput:
-        scores, matrix = score_images(images, host.lpips_model(lpips_net), _resize(lpips_size))
+        scores, matrix = score_batch(images, host.lpips_model(lpips_net), _resize(lpips_size))
         labels = [str(k) for k in range(matrix.shape[0])]
         heatmap = draw_heatmap(matrix, labels, f"pairwise LPIPS ({scores.net}) — avg {scores.avg_lpips:.3f}")
         result = DiversityResult(label="images", images=images, seeds=labels, scores=scores, matrix=matrix, settings={})

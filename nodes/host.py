@@ -12,11 +12,15 @@ from typing import Iterable, Sequence
 
 import torch
 
+import comfy.model_management
 import comfy.weight_adapter
 import folder_paths
+from comfy_api.latest import ui
 
 from ..sda_core.adapters import (AdapterError, AdapterFileMissing, AdapterModule, LoadedAdapter, ModelLayout,
                                  load_adapter, resolve_in_folder)
+from ..sda_core.diversity.lpips_pairs import PairwiseLPIPS
+from ..sda_core.diversity.weights import load_lpips
 
 MODEL_PREFIX = "diffusion_model."
 
@@ -149,13 +153,8 @@ def _register_lpips_folder() -> None:
 _register_lpips_folder()
 
 
-def lpips_model(net: str):
+def lpips_model(net: str) -> PairwiseLPIPS:
     """All-pairs LPIPS on ComfyUI's torch device, backbone from models/lpips/ or torchvision's cache/download."""
-    import comfy.model_management
-
-    from ..sda_core.diversity.lpips_pairs import PairwiseLPIPS
-    from ..sda_core.diversity.weights import load_lpips
-
     device = comfy.model_management.get_torch_device()
     return PairwiseLPIPS(load_lpips(net, folder_paths.get_folder_paths("lpips"), device=device))
 
@@ -170,14 +169,10 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
 
 def image_and_text_ui(image: torch.Tensor, text: str, cls) -> dict:
     """An image preview and a text on the node at once (and in the prompt's history, for headless use)."""
-    from comfy_api.latest import ui
-
     return {**ui.PreviewImage(image, cls=cls).as_dict(), "text": (text,)}
 
 
 def throw_if_interrupted() -> None:
-    import comfy.model_management
-
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 

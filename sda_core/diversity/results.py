@@ -12,8 +12,7 @@ from typing import Any, Sequence
 import torch
 
 from .grid import compose_rows, draw_seed_grid
-from .lpips_pairs import PairwiseLPIPS
-from .scores import DEFINITIONS, DiversityScores, definitions_markdown, recovery_ratio, score_batch
+from .scores import DEFINITIONS, DiversityScores, definitions_markdown, recovery_ratio
 from .table import markdown_table
 
 
@@ -30,11 +29,6 @@ class DiversityResult:
     def draw_grid(self, header_lines: Sequence[str]) -> torch.Tensor:
         grid, _ = draw_seed_grid(self.images, self.seeds, header_lines)
         return grid
-
-
-def score_images(images: torch.Tensor, lpips_model: PairwiseLPIPS, resize_short_side: int | None = 256,
-                 tau: float = 0.5) -> tuple[DiversityScores, torch.Tensor]:
-    return score_batch(images, lpips_model, resize_short_side, tau)
 
 
 def score_lines(scores: DiversityScores) -> list[str]:
