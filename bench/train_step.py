@@ -13,8 +13,11 @@ slows the forwards). Python-heap and RSS are not counted.
 The model is pluggable: `--model module:function`, where function() returns an object with
 `.models` (SDAModels) and `.config` (SDAConfig), or a (models, config) pair; it must build the
 same initial weights on every call. Default: `sda_core.training.toy.tiny_dit_problem`.
+`--model comfy`: the tiny random-weight Z-Image of the integration tests inside ComfyUI (set
+COMFYUI_PATH), wired exactly as the SDA Train LoKr node wires it (--size/--batch apply).
 
     python bench/train_step.py [--steps 24] [--threads 1] [--model pkg.mod:builder] [--dim 256 --size 32 ...]
+    COMFYUI_PATH=... python bench/train_step.py --model comfy
 
 Both variants do the same FLOPs; batching saves per-forward overhead (and, on a GPU or with
 offloaded weights, weight traffic), so a compute-bound CPU run shows less than an overhead-bound one.
@@ -57,9 +60,34 @@ def default_builder() -> tuple[SDAModels, SDAConfig]:
     return tp.models, tp.config
 
 
+def comfy_zimage_builder() -> tuple[SDAModels, SDAConfig]:
+    """The integration tests' tiny random-weight Z-Image inside ComfyUI (COMFYUI_PATH), student seed 0 and
+    teacher seed 1, wired by the SDA Train LoKr node's own glue: apply_model with ComfyUI's conds, the LoKr as
+    weight wrappers on a clone, the models loaded through comfy.model_management."""
+    from sdatest import comfy_host, tiny_models
+
+    path = comfy_host.comfy_path_from_env()
+    if path is None:
+        raise SystemExit("--model comfy needs COMFYUI_PATH (a ComfyUI checkout, e.g. the test command's 0.3.75)")
+    comfy_host.boot(path)
+    import nodes
+
+    training = sys.modules[nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__]
+    student, teacher = tiny_models.tiny_zimage(0), tiny_models.tiny_zimage(1)
+    config = training.SDAConfig(steps=10**6, lr=1e-4, batch=TINY["batch"], latent_shape=(16, TINY["size"], TINY["size"]),
+                                shift=training.student_shift(student, 8))
+    prompts = [tiny_models.tiny_conditioning(0), tiny_models.tiny_conditioning(2)]
+    session = training.Session.open(student, teacher, config, training.lokr_targets(student, False), prompts, None,
+                                    None, False)
+    session.start()  # left open: the bench process ends with it
+    return session.models, config
+
+
 def _load_builder(spec: str | None) -> Callable[[], Any]:
     if not spec:
         return default_builder
+    if spec == "comfy":
+        return comfy_zimage_builder
     mod, _, fn = spec.partition(":")
     return getattr(importlib.import_module(mod), fn)
 
@@ -158,7 +186,7 @@ class Runner:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="module:function returning the models (default: tiny DiT)")
+    ap.add_argument("--model", help="module:function returning the models, or 'comfy' (default: tiny DiT)")
     ap.add_argument("--steps", type=int, default=24, help="timed steps per variant")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--mem-steps", type=int, default=8, help="steps profiled for memory")

@@ -6,6 +6,8 @@ loss        the SDA terms, one pure function each;  step: the forwards that feed
 loop        train(): per-step generators, AdamW on the LoKr, skip/diverge, interrupt, checkpoints
 checkpoint  resumable state as safetensors + JSON;  lokr_file: the LoKr file with full metadata
 evaluate    held-out direction alignment
+plot        loss curves (and eval LPIPS) as an IMAGE;  grad_checkpoint: block checkpointing that replays
+            the adapter switches;  rope: autograd for a RoPE kernel that has none (ComfyUI 0.8's comfy-kitchen)
 """
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import X0_PROJECTION, SDAConfig, SDAModels

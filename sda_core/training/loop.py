@@ -126,13 +126,15 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     resume: Checkpoint | None = None,
     checkpoint_path: str | None = None,
+    checkpoint_extra: Callable[[], dict] | None = None,
 ) -> TrainResult:
     """Train `models.lokr` with the SDA loss for `config.steps` steps (counting those of `resume`).
 
     on_step(step, entry): after each step (1-based), entry = {total, anchor, diversity, k, sigma,
     skipped}; non-finite values are None. should_stop(): polled before each step; when it returns
     true, a checkpoint is written (if `checkpoint_path`) and the result has interrupted=True.
-    Checkpoints also go to `checkpoint_path` every `config.checkpoint_every` steps and at the end.
+    Checkpoints also go to `checkpoint_path` every `config.checkpoint_every` steps and at the end;
+    checkpoint_extra() supplies the JSON `extra` each one carries (the caller's own resumable state).
     """
     config.validate()
     models.validate(config)
@@ -160,7 +162,8 @@ def train(
     def checkpoint(step: int) -> None:
         nonlocal written
         if checkpoint_path:
-            ckpt = Checkpoint.capture(step, history, config.to_dict(), lokr, optimizer)
+            extra = checkpoint_extra() if checkpoint_extra is not None else None
+            ckpt = Checkpoint.capture(step, history, config.to_dict(), lokr, optimizer, extra=extra)
             written = save_checkpoint(checkpoint_path, ckpt)
 
     def result(step: int, interrupted: bool) -> TrainResult:

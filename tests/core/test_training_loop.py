@@ -126,6 +126,15 @@ def test_checkpoint_is_safetensors_with_json_metadata_no_pickle(tmp_path):
     assert [p for p in os.listdir(tmp_path) if p != "c.safetensors"] == []  # no temp file left
 
 
+def test_checkpoints_carry_the_callers_extra_state(tmp_path):
+    tp = toy_problem(steps=3)
+    path = str(tmp_path / "c.safetensors")
+    seen: list[int] = []
+    train(tp.models, tp.config, checkpoint_path=path, on_step=lambda s, e: seen.append(s),
+          checkpoint_extra=lambda: {"evals": list(seen)})
+    assert load_checkpoint(path).extra == {"evals": [1, 2, 3]}  # read when the checkpoint is written
+
+
 def test_checkpoint_refuses_another_lokr_layout(tmp_path):
     tp = toy_problem(steps=1)
     path = str(tmp_path / "c.safetensors")

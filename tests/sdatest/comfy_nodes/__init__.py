@@ -45,6 +45,37 @@ class TinyZImage:
         return (model,)
 
 
+class TinyZImageVariant:
+    """A tiny Z-Image that a trainer must refuse: another model type (EPS, not flow) or other input channels."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            "model_type": (["FLOW", "EPS"], {"default": "FLOW"}),
+            "in_channels": ("INT", {"default": 16, "min": 1, "max": 64}),
+        }}
+
+    def build(self, seed, model_type, in_channels):
+        if model_type == "FLOW":
+            return (tiny_models.tiny_zimage(seed, in_channels=in_channels),)
+        import comfy.model_base
+        import comfy.model_management as mm
+        import comfy.model_patcher
+        import comfy.supported_models
+
+        config = comfy.supported_models.ZImage(dict(tiny_models.TINY_ZIMAGE, in_channels=in_channels))
+        config.set_inference_dtype(torch.float32, None)
+        model = comfy.model_base.Lumina2(config, model_type=comfy.model_base.ModelType[model_type])
+        tiny_models._init_(model.diffusion_model, seed)
+        return (comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                                 offload_device=mm.unet_offload_device()),)
+
+
 class TinyVAE:
     CATEGORY = "SDA/testing"
     RETURN_TYPES = ("VAE",)
@@ -149,6 +180,7 @@ class LoraStack:
 NODE_CLASS_MAPPINGS = {
     "SDATest_LoraStack": LoraStack,
     "SDATest_TinyZImage": TinyZImage,
+    "SDATest_TinyZImageVariant": TinyZImageVariant,
     "SDATest_TinyVAE": TinyVAE,
     "SDATest_TinyConditioning": TinyConditioning,
     "SDATest_Denoise": Denoise,

@@ -1,0 +1,350 @@
+"""SDA Train LoKr inside ComfyUI's executor: tiny random-weight Z-Image student (seed 0) and teacher (seed 1).
+
+The node's LoKr must be what a user gets by loading the saved file with ComfyUI's own loader; an interrupted
+and resumed run must be the uninterrupted one bit for bit; the input MODELs must come out untouched.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from sda_core.training import load_checkpoint
+from sda_core.training.plot import EVAL
+from sdatest import registry, tiny_models
+from sdatest.adapter_files import write_lora
+from sdatest.comfy_host import PromptFailed
+from sdatest.graph import Graph
+
+SETTINGS = dict(prompts="", width=64, height=64, steps=20, learning_rate=1e-3, lambda_div=1.0, huber_delta=0.08,
+                pool_kernel=8, div_skip=7, student_steps=8, lokr_factor=8, lokr_rank=0, include_refiners=False,
+                gradient_checkpointing=False, seed=0, save_name="sda_test", checkpoint_every=0, resume=False)
+MAIN = ["attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0",
+        "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny ops: on the shared 2-core machines a second torch thread mostly waits (20x slower under load).
+    # Module-wide: runs compared bit for bit must use the same thread count (reduction order).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def adapters(comfy):
+    """A 'de-distill' LoRA for a teacher that shares the student's weights, and an assistant adapter."""
+    shapes = tiny_models.tiny_zimage_shapes(0)
+    loras = comfy.folder("loras")
+    write_lora(loras / "train_dedistill.safetensors", shapes, rank=4, seed=11)
+    write_lora(loras / "train_assistant.safetensors", shapes, rank=4, seed=12)
+    return loras
+
+
+@pytest.fixture(scope="module")
+def lpips_weights(comfy):
+    return tiny_models.write_lpips_backbone(comfy.folder("lpips"))
+
+
+@pytest.fixture
+def progress(monkeypatch, comfy):
+    """Every progress-bar update as (value, total), the way the server's hook sees them."""
+    import comfy.utils as comfy_utils
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(comfy_utils, "PROGRESS_BAR_HOOK",
+                        lambda value, total, preview, node_id=None, **kw: calls.append((value, total)))
+    return calls
+
+
+def _models(g: Graph, shared: bool = False):
+    student = g.add("SDATest_TinyZImage", seed=0, dtype="fp32", shared=shared)
+    teacher = g.add("SDATest_TinyZImage", seed=1, dtype="fp32", shared=shared)
+    return student, teacher
+
+
+def _prompts(g: Graph, tokens: tuple[int, int] = (8, 8)):
+    """Two prompts as one CONDITIONING with two entries."""
+    return g.add("ConditioningCombine", conditioning_1=g.add("SDATest_TinyConditioning", seed=0, tokens=tokens[0]),
+                 conditioning_2=g.add("SDATest_TinyConditioning", seed=2, tokens=tokens[1]))
+
+
+def _train(g: Graph, student, teacher, conditioning=None, **overrides):
+    settings = dict(SETTINGS, **overrides)
+    if conditioning is not None:
+        settings["conditioning"] = conditioning
+    return g.add("SDATrainLoKr", student=student, teacher=teacher, **settings)
+
+
+def _denoise(g: Graph, model, cond, key: str):
+    g.add("SDATest_Denoise", model=model, conditioning=cond, key=key, seed=7, sigma=0.7, size=16)
+
+
+def _report(outputs: dict, node) -> str:
+    return outputs[node.id]["text"][0]
+
+
+def _file(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def _checkpoint(comfy, name: str):
+    return load_checkpoint(str(comfy.output_dir / "sda_checkpoints" / f"{name}.ckpt.safetensors"))
+
+
+def test_trains_saves_and_the_file_reloads_through_comfyuis_lora_loader(comfy, progress):
+    g = Graph()
+    student, _ = _models(g, shared=True)
+    _denoise(g, student, g.add("SDATest_TinyConditioning", seed=0, tokens=8), "base_before")
+    comfy.run(g.prompt())
+
+    g = Graph()
+    student, teacher = _models(g, shared=True)
+    cond = g.add("SDATest_TinyConditioning", seed=0, tokens=8)
+    node = _train(g, student, teacher, _prompts(g), save_name="sda_run")
+    _denoise(g, node[0], cond, "trained")
+    g.add("SDATest_Capture", value=node[1], key="path")
+    g.add("SDATest_Capture", value=node[2], key="image")
+    outputs = comfy.run(g.prompt())
+    path = registry.take("path")
+    assert path == str(comfy.folder("loras") / "sda_run.safetensors")
+    report = _report(outputs, node)
+    assert "20 of 20 steps done" in report and "prompts: 2 from the conditioning input" in report
+    assert outputs[node.id]["images"], "the loss curves are shown on the node"
+    image = registry.take("image")
+    assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3
+    assert progress[-1] == (20, 20)
+
+    # the losses: finite, the anchor starts at exactly 0 (the LoKr starts as a zero delta) and stays small
+    history = _checkpoint(comfy, "sda_run").history
+    assert len(history) == 20 and not any(h["skipped"] for h in history)
+    assert all(math.isfinite(h["total"]) for h in history)
+    assert history[0]["anchor"] == 0.0
+    assert max(h["anchor"] for h in history) < 1e-3
+    for h in history:  # time segmentation: the last schedule step is pure anchor
+        assert (h["diversity"] is None) == (h["k"] == 7)
+        assert h["diversity"] is None or 0.0 < h["diversity"] <= 2.0
+
+    tensors, meta = _file(path)
+    expected = {f"diffusion_model.layers.{i}.{m}.lokr_w{w}" for i in (0, 1) for m in MAIN for w in (1, 2)}
+    assert set(tensors) == expected
+    assert meta["sda_steps"] == "20" and meta["sda_base_model"] == "ZImage" and meta["sda_prompt_count"] == "2"
+    config = json.loads(meta["sda_config"])
+    assert config["steps"] == 20 and config["factor"] == 8 and config["rank"] is None and config["shift"] == 3.0
+    assert json.loads(meta["ss_network_args"])["algo"] == "lokr"
+
+    g = Graph()
+    student, _ = _models(g, shared=True)
+    cond = g.add("SDATest_TinyConditioning", seed=0, tokens=8)
+    _denoise(g, g.add("LoraLoaderModelOnly", model=student, lora_name="sda_run.safetensors", strength_model=1.0),
+             cond, "comfyui_loader")
+    _denoise(g, student, cond, "base_after")
+    comfy.run(g.prompt())
+    trained, theirs = registry.take("trained"), registry.take("comfyui_loader")
+    base_before, base_after = registry.take("base_before"), registry.take("base_after")
+    assert (trained - base_before).abs().max() > 1e-4, "the LoKr changed nothing: the test could not tell"
+    torch.testing.assert_close(trained, theirs, rtol=0, atol=1e-6)
+    assert torch.equal(base_after, base_before), "the input student was modified by training"
+
+
+INTERRUPT_STEPS, STOP_AFTER = 12, 5
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(comfy):
+    g = Graph()
+    _train(g, *_models(g), _prompts(g), steps=INTERRUPT_STEPS, save_name="full")
+    comfy.run(g.prompt())
+    return _checkpoint(comfy, "full").history, _file(comfy.folder("loras") / "full.safetensors")[0]
+
+
+@pytest.mark.parametrize("how", ["polled", "server_hook"])
+def test_interrupt_then_resume_reproduces_the_uninterrupted_run(comfy, progress, monkeypatch, uninterrupted, how):
+    """polled: ComfyUI's interrupt flag read through processing_interrupted between steps. server_hook: the
+    server's progress hook raises the interrupt from inside the progress update (as main.py's hook does)."""
+    import comfy.model_management as mm
+    import comfy.utils as comfy_utils
+
+    name = f"part_{how}"
+    with monkeypatch.context() as m:
+        if how == "polled":  # the user presses cancel once the bar shows step 5
+            m.setattr(mm, "processing_interrupted", lambda: bool(progress) and progress[-1][0] >= STOP_AFTER)
+        else:
+            def hook(value, total, preview, node_id=None, **kw):
+                if total == INTERRUPT_STEPS and value >= STOP_AFTER:
+                    mm.interrupt_current_processing(True)
+                mm.throw_exception_if_processing_interrupted()
+
+            m.setattr(comfy_utils, "PROGRESS_BAR_HOOK", hook)
+        g = Graph()
+        node = _train(g, *_models(g), _prompts(g), steps=INTERRUPT_STEPS, save_name=name)
+        try:
+            outputs = comfy.run(g.prompt())
+        finally:
+            mm.interrupt_current_processing(False)
+    assert f"interrupted at step {STOP_AFTER} of {INTERRUPT_STEPS}" in _report(outputs, node)
+    part = comfy.folder("loras") / f"{name}.safetensors"
+    part_bytes = part.read_bytes()
+    _, meta = _file(part)
+    assert meta["sda_steps"] == str(STOP_AFTER) and meta["sda_interrupted"] == "true"
+    assert _checkpoint(comfy, name).step == STOP_AFTER
+
+    g = Graph()
+    node = _train(g, *_models(g), _prompts(g), steps=INTERRUPT_STEPS, save_name=name, resume=True)
+    g.add("SDATest_Capture", value=node[1], key="path")
+    outputs = comfy.run(g.prompt())
+    assert f"resumed from step {STOP_AFTER}" in _report(outputs, node)
+    resumed = registry.take("path")
+    assert resumed.endswith(f"{name}_1.safetensors"), "an existing LoKr file must never be overwritten"
+    assert part.read_bytes() == part_bytes
+
+    history, full = uninterrupted
+    assert _checkpoint(comfy, name).history == history
+    again, meta = _file(resumed)
+    assert meta["sda_steps"] == str(INTERRUPT_STEPS) and full.keys() == again.keys()
+    for key in full:
+        assert torch.equal(full[key], again[key]), key
+
+
+def test_memory_short_loads_the_teacher_only_for_its_forwards_and_trains_the_same(comfy, monkeypatch):
+    import nodes as comfy_nodes
+
+    training = sys.modules[comfy_nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__]
+    reports = {}
+    for name, fits in (("fit_both", True), ("fit_short", False)):
+        with monkeypatch.context() as m:
+            m.setattr(training.Residency, "_both_fit", lambda self, fits=fits: fits)
+            g = Graph()
+            node = _train(g, *_models(g), _prompts(g), steps=3, save_name=name)
+            reports[name] = _report(comfy.run(g.prompt()), node)
+    assert "student and teacher both loaded" in reports["fit_both"]
+    assert "teacher loaded only for its forwards (memory is short for both)" in reports["fit_short"]
+    assert _checkpoint(comfy, "fit_both").history == _checkpoint(comfy, "fit_short").history
+    a, _ = _file(comfy.folder("loras") / "fit_both.safetensors")
+    b, _ = _file(comfy.folder("loras") / "fit_short.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("eps_student", "student: SDA training needs a flow-matching model"),
+    ("eps_teacher", "teacher: SDA training needs a flow-matching model"),
+    ("channels", "student and teacher do not match: input channels 16 (student) vs 4 (teacher)"),
+    ("no_prompts", "prompts: no prompt"),
+    ("no_clip", "clip: connect a CLIP"),
+    ("width", "width 72: must be a multiple of 8 × pool_kernel = 64 px"),
+    ("escape", "save_name: refusing to write"),
+    ("div_skip", "div_skip must lie in 0..8"),
+    ("no_vae", "eval_every: connect a vae"),
+])
+def test_refuses_what_it_cannot_train_with_a_clear_error(comfy, case, message):
+    g = Graph()
+    student, teacher = _models(g)
+    if case == "eps_student":
+        student = g.add("SDATest_TinyZImageVariant", seed=0, model_type="EPS", in_channels=16)
+    if case == "eps_teacher":
+        teacher = g.add("SDATest_TinyZImageVariant", seed=1, model_type="EPS", in_channels=16)
+    if case == "channels":
+        teacher = g.add("SDATest_TinyZImageVariant", seed=1, model_type="FLOW", in_channels=4)
+    overrides = {"width": 72} if case == "width" else {"save_name": "../outside"} if case == "escape" else {}
+    if case == "div_skip":
+        overrides = {"div_skip": 9}
+    if case == "no_vae":
+        overrides = {"eval_every": 2}
+    if case == "no_clip":
+        overrides = {"prompts": "a cat\na dog"}
+    conditioning = None if case in ("no_prompts", "no_clip") else _prompts(g)
+    _train(g, student, teacher, conditioning, steps=2, **overrides)
+    with pytest.raises(PromptFailed) as failed:
+        comfy.run(g.prompt())
+    assert failed.value.node_type == "SDATrainLoKr"
+    assert message in failed.value.message
+
+
+def test_assistant_adapter_shared_teacher_cfg_refiners_rank_and_checkpointing(comfy, adapters):
+    """The teacher is the student plus a LoRA (one set of weights in ComfyUI: the teacher is swapped in for its
+    forwards); gradient checkpointing must train exactly like no checkpointing, the assistant's OFF-then-ON
+    included; both input MODELs come out untouched."""
+    def base_graph():
+        g = Graph()
+        student = g.add("SDATest_TinyZImage", seed=3, dtype="fp32", shared=True)
+        teacher = g.add("SDALoKrLoader", model=student, lokr_name="train_dedistill.safetensors", strength=1.0)
+        return g, student, teacher, g.add("SDATest_TinyConditioning", seed=0, tokens=8)
+
+    g, student, teacher, cond = base_graph()
+    _denoise(g, student, cond, "student_before")
+    _denoise(g, teacher, cond, "teacher_before")
+    comfy.run(g.prompt())
+
+    g, student, teacher, cond = base_graph()
+    options = dict(steps=4, teacher_cfg=2.0, assistant_adapter="train_assistant.safetensors", include_refiners=True,
+                   lokr_rank=4, seed=5)
+    prompts = _prompts(g, tokens=(8, 12))  # prompt 2 and the negative (zeroed prompt 1) cannot share a batch
+    plain = _train(g, student, teacher, prompts, save_name="assist_plain", **options)
+    ckpt = _train(g, student, teacher, prompts, save_name="assist_ckpt", gradient_checkpointing=True, **options)
+    outputs = comfy.run(g.prompt())
+    report = _report(outputs, plain)
+    assert "teacher loaded only for its forwards (they share one model's weights)" in report
+    assert "assistant adapter: train_assistant.safetensors" in report and "teacher cfg 2" in report
+    assert "gradient checkpointing" not in report and "gradient checkpointing" in _report(outputs, ckpt)
+
+    a, meta = _file(comfy.folder("loras") / "assist_plain.safetensors")
+    b, _ = _file(comfy.folder("loras") / "assist_ckpt.safetensors")
+    assert any(k.startswith("diffusion_model.noise_refiner.0.") for k in a)
+    assert any(k.startswith("diffusion_model.context_refiner.0.") for k in a)
+    assert {k.rsplit(".", 1)[1] for k in a} == {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"}
+    assert json.loads(meta["sda_config"])["teacher_cfg"] == 2.0
+    assert all(torch.isfinite(t).all() for t in a.values())
+    assert any(t.abs().max() > 0 for k, t in a.items() if k.endswith("lokr_w2_b")), "nothing trained"
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    assert _checkpoint(comfy, "assist_plain").history == _checkpoint(comfy, "assist_ckpt").history
+
+    g, student, teacher, cond = base_graph()
+    _denoise(g, student, cond, "student_after")
+    _denoise(g, teacher, cond, "teacher_after")
+    comfy.run(g.prompt())
+    assert torch.equal(registry.take("student_after"), registry.take("student_before"))
+    assert torch.equal(registry.take("teacher_after"), registry.take("teacher_before"))
+
+
+def _eval_steps(report: str) -> list[str]:
+    line = next(x for x in report.splitlines() if x.startswith("eval avg LPIPS: "))
+    return [part.split(":")[0] for part in line[len("eval avg LPIPS: "):].split(", ")]
+
+
+def test_eval_renders_fixed_seeds_plots_lpips_and_keeps_the_best_across_a_resume(comfy, lpips_weights):
+    def run(steps: int, resume: bool):
+        g = Graph()
+        node = _train(g, *_models(g), _prompts(g), steps=steps, save_name="evalrun", resume=resume,
+                      vae=g.add("SDATest_TinyVAE", seed=0), eval_every=2, eval_seeds=2)
+        g.add("SDATest_Capture", value=node[2], key="image")
+        return _report(comfy.run(g.prompt()), node)
+
+    report = run(4, resume=False)
+    assert _eval_steps(report) == ["step 0", "step 2", "step 4"]
+    best = comfy.folder("loras") / "evalrun_best.safetensors"
+    tensors, meta = _file(best)
+    best_step = json.loads(meta["sda_eval"])["step"]
+    assert best_step in (2, 4) and f"best by diversity: {best}" in report
+    assert tensors.keys() == _file(comfy.folder("loras") / "evalrun.safetensors")[0].keys()
+    assert _checkpoint(comfy, "evalrun").extra["best"]["step"] == best_step
+    pixels = (registry.take("image")[0] * 255).round()
+    assert (pixels - torch.tensor(EVAL[1])).abs().amax(-1).le(2).sum() > 50, "no eval LPIPS curve in the image"
+
+    report = run(6, resume=True)  # the eval history and the best so far carry over
+    assert _eval_steps(report) == ["step 0", "step 2", "step 4", "step 6"]
+    assert "was not found" not in report
+    registry.take("image")
+    again, meta_again = _file(comfy.folder("loras") / "evalrun_best_1.safetensors")
+    best_again = json.loads(meta_again["sda_eval"])
+    if best_again["step"] == best_step:  # step 6 did not beat it: the same LoKr as before the resume
+        assert all(torch.equal(again[k], tensors[k]) for k in tensors)
+    else:
+        assert best_again["step"] == 6 and best_again["avg_lpips"] > json.loads(meta["sda_eval"])["avg_lpips"]
