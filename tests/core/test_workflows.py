@@ -1,0 +1,120 @@
+"""The shipped workflows/*.json without ComfyUI: they parse, their graphs hold together, they use only core
+node types and ours, and each tells the user which model files to download and where to put them.
+
+What needs ComfyUI's node definitions (widget order, value ranges, prompt validation, execution) is in
+tests/integration/test_workflows.py; loading in the real frontend is in tests/e2e/.
+"""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sdatest.workflow_api import CORE_TYPES, load_builder
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+NOTE_TYPES = ("Note", "MarkdownNote")
+MODEL_FILES = ("diffusion_models/z_image_turbo_bf16.safetensors", "text_encoders/qwen_3_4b.safetensors",
+               "vae/ae.safetensors")
+
+
+def registered_node_ids() -> set[str]:
+    """Node ids our registry hands to ComfyUI, read from the source (nodes/registry.py -> <module>.NODES)."""
+    registry = ast.parse((REPO / "nodes" / "registry.py").read_text())
+    modules = {n.value.id for n in ast.walk(registry)
+               if isinstance(n, ast.Attribute) and n.attr == "NODES" and isinstance(n.value, ast.Name)}
+    assert modules, "nodes/registry.py lists no <module>.NODES"
+    ids = set()
+    for module in modules:
+        tree = ast.parse((REPO / "nodes" / f"{module}.py").read_text())
+        listed = {e.id for n in tree.body if isinstance(n, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "NODES" for t in n.targets) for e in n.value.elts}
+        for cls in tree.body:
+            if isinstance(cls, ast.ClassDef) and cls.name in listed:
+                ids |= {kw.value.value for call in ast.walk(cls) if isinstance(call, ast.Call)
+                        for kw in call.keywords if kw.arg == "node_id" and isinstance(kw.value, ast.Constant)}
+    return ids
+
+
+def note_text(workflow: dict[str, Any]) -> str:
+    return "\n".join(str(v) for n in workflow["nodes"] if n["type"] in NOTE_TYPES for v in n["widgets_values"])
+
+
+@pytest.fixture(scope="module", params=WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def workflow(request) -> dict[str, Any]:
+    return json.loads(request.param.read_text(encoding="utf-8"))
+
+
+def test_every_buildable_workflow_is_shipped():
+    """A workflow whose nodes are all registered must be in workflows/ (and nothing else is there)."""
+    ready, _waiting = load_builder().buildable(CORE_TYPES | registered_node_ids())
+    expected = {f.name for f in ready}
+    assert {"sda_lokr_basic", "sda_style_stack", "training_adapter_inversion"} <= expected
+    assert {p.stem for p in WORKFLOWS} == expected
+
+
+def test_top_level_format(workflow):
+    assert workflow["version"] == 0.4
+    for key in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra"):
+        assert key in workflow, key
+    ids = [n["id"] for n in workflow["nodes"]]
+    assert len(ids) == len(set(ids)), "duplicate node ids"
+    assert workflow["last_node_id"] >= max(ids)
+    assert workflow["last_link_id"] >= max((link[0] for link in workflow["links"]), default=0)
+    for node in workflow["nodes"]:
+        assert node["properties"].get("Node name for S&R", node["type"]) == node["type"]
+        assert isinstance(node["widgets_values"], list)
+        assert node["mode"] in (0, 2, 4)
+
+
+def test_links_are_consistent(workflow):
+    """Every link is listed on both ends, at the slots it names, with the types of both sockets."""
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    link_ids = [link[0] for link in workflow["links"]]
+    assert len(link_ids) == len(set(link_ids)), "duplicate link ids"
+    for link_id, origin, origin_slot, target, target_slot, kind in workflow["links"]:
+        out = nodes[origin]["outputs"][origin_slot]
+        inp = nodes[target]["inputs"][target_slot]
+        assert link_id in out["links"], f"link {link_id} missing on output {out['name']} of node {origin}"
+        assert inp["link"] == link_id, f"link {link_id} missing on input {inp['name']} of node {target}"
+        assert out["type"] == kind and inp["type"] in (kind, "*"), f"link {link_id}: {out['type']} -> {inp['type']}"
+    for node in workflow["nodes"]:
+        for inp in node["inputs"]:
+            assert inp["link"] is None or inp["link"] in link_ids, f"node {node['id']}.{inp['name']}: dangling"
+        for out in node["outputs"]:
+            for link_id in out["links"] or []:
+                assert link_id in link_ids, f"node {node['id']}.{out['name']}: dangling link {link_id}"
+
+
+def test_only_core_and_our_node_types(workflow):
+    ours = registered_node_ids()
+    assert {"SDALoKrLoader", "SDAAdapterStack", "SDAInvertTrainingAdapter"} <= ours
+    unknown = {n["type"] for n in workflow["nodes"]} - CORE_TYPES - ours
+    assert not unknown, f"node types neither core (CORE_TYPES) nor registered by the pack: {unknown}"
+
+
+def test_note_names_every_file_and_where_it_goes(workflow):
+    text = note_text(workflow)
+    assert text, "no Note node"
+    for path in MODEL_FILES:
+        folder, name = path.split("/")
+        assert name in text and folder in text, f"the Note does not say where {name} goes"
+    assert "models/loras" in text
+    used = {v for n in workflow["nodes"] if n["type"] not in NOTE_TYPES
+            for v in n["widgets_values"] if isinstance(v, str) and v.endswith(".safetensors")}
+    assert used, "no model file in the widgets"
+    missing = sorted(name for name in used if name not in text)
+    assert not missing, f"files the workflow loads but its Note does not name: {missing}"
+
+
+def test_nodes_do_not_overlap(workflow):
+    """A readable layout: no node drawn over another."""
+    boxes = [(n["id"], *n["pos"], *n["size"]) for n in workflow["nodes"]]
+    for i, (a, ax, ay, aw, ah) in enumerate(boxes):
+        for b, bx, by, bw, bh in boxes[i + 1:]:
+            apart = ax + aw <= bx or bx + bw <= ax or ay + ah <= by or by + bh <= ay
+            assert apart, f"nodes {a} and {b} overlap"

@@ -1,0 +1,128 @@
+"""The shipped workflows in the real frontend: they load with no missing node and no node in error, the UI
+turns them into exactly the prompt our converter makes, and a tiny-model variant queued from the UI runs on
+the server and its images show on the canvas.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sdatest.workflow_api import CORE_TYPES, WORKFLOWS_DIR, tiny_variant, to_api
+
+WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
+QUEUED = [pytest.param(name, marks=pytest.mark.skipif(not (WORKFLOWS_DIR / f"{name}.json").exists(),
+                                                     reason=f"{name}.json is not shipped yet (nodes not registered)"))
+          for name in ("seed_grid_diversity_comparison", "sda_lokr_basic")]
+RUN_TIMEOUT = 120.0
+IMAGE_TYPES = ("SaveImage", "SDASeedDiversityGrid", "SDADiversityCompare")  # nodes that must show an image
+
+LOAD = "async wf => { await app.loadGraphData(wf); }"
+NODES = """() => app.graph._nodes.map(n => ({id: n.id, type: n.type, errors: !!n.has_errors,
+                                         registered: n.type in LiteGraph.registered_node_types}))"""
+DIALOGS = """() => [...document.querySelectorAll('.p-dialog')].filter(d => d.offsetParent !== null)
+                                                         .map(d => d.innerText.trim().slice(0, 300))"""
+PROMPT = "async () => (await app.graphToPrompt()).output"
+PREVIEWS = """id => (app.graph.getNodeById(id).widgets || []).filter(w => w.name === 'preview')
+                                                      .map(w => String(w.value ?? ''))"""
+
+
+def _load(page, workflow: dict[str, Any]) -> None:
+    page.evaluate(LOAD, workflow)
+    page.wait_for_timeout(1000)  # dialogs (missing nodes / models) open asynchronously after load
+
+
+def _assert_loaded_cleanly(page, workflow: dict[str, Any]) -> None:
+    nodes = page.evaluate(NODES)
+    assert sorted(n["id"] for n in nodes) == sorted(n["id"] for n in workflow["nodes"]), "nodes lost on load"
+    missing = sorted({n["type"] for n in nodes if not n["registered"]})
+    assert not missing, f"node types the frontend does not know: {missing}"
+    errored = [f"{n['id']} {n['type']}" for n in nodes if n["errors"]]
+    assert not errored, f"nodes flagged in error: {errored}"
+    dialogs = page.evaluate(DIALOGS)
+    assert not dialogs, f"dialog(s) opened on load (missing nodes or models?): {dialogs}"
+    assert page.errors == [], f"page errors: {page.errors}"
+
+
+def _as_the_server_reads_it(prompt: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
+    """Class and declared inputs per node. Frontend extensions may add display-only widgets that reach the
+    prompt (PreviewAny's "preview", differently per frontend version); the server ignores those."""
+    def declared(class_type: str) -> set[str]:
+        spec = object_info[class_type]["input"]
+        return {name for section in ("required", "optional") for name in spec.get(section, {})}
+
+    return {k: {"class_type": v["class_type"],
+                "inputs": {n: x for n, x in v["inputs"].items() if n in declared(v["class_type"])}}
+            for k, v in prompt.items()}
+
+
+def test_pack_and_note_types_are_registered_in_the_frontend(page, server):
+    ours = sorted(t for t, info in server.object_info.items() if "comfyui-sda" in info.get("python_module", ""))
+    assert "SDALoKrLoader" in ours
+    wanted = ours + sorted(CORE_TYPES)
+    registered = page.evaluate("types => types.filter(t => t in LiteGraph.registered_node_types)", wanted)
+    assert registered == wanted, f"missing in the frontend: {sorted(set(wanted) - set(registered))}"
+
+
+def test_workflows_are_offered_in_the_template_browser(server):
+    """ComfyUI lists a pack's workflows/ folder as templates and serves the files under its folder name."""
+    listed = server.get_json("/workflow_templates").get("comfyui-sda", [])
+    assert sorted(listed) == [p.stem for p in WORKFLOWS]
+    for path in WORKFLOWS:
+        served = server.get_json(f"/api/workflow_templates/comfyui-sda/{path.name}")
+        assert served == json.loads(path.read_text(encoding="utf-8")), path.name
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_loads_cleanly_and_queues_what_we_convert(page, server, artifacts, path: Path):
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    _load(page, workflow)
+    page.screenshot(path=str(artifacts / f"{path.stem}.png"))
+    _assert_loaded_cleanly(page, workflow)
+    ui_prompt = _as_the_server_reads_it(page.evaluate(PROMPT), server.object_info)
+    assert ui_prompt == _as_the_server_reads_it(to_api(workflow, server.object_info), server.object_info)
+
+
+def _run_from_ui(page, server) -> dict[str, Any]:
+    """Queue the loaded graph with the UI's own queue call; the finished history entry of that prompt."""
+    with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as posted:
+        page.evaluate("async () => { await app.queuePrompt(0, 1); }")
+    response = posted.value
+    assert response.ok, f"the server refused the UI's prompt: {response.text()[:2000]}"
+    prompt_id = response.json()["prompt_id"]
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        entry = server.get_json(f"/history/{prompt_id}").get(prompt_id)
+        if entry and entry.get("status", {}).get("completed") is not None:
+            status = entry["status"]
+            assert status["status_str"] == "success", f"run failed: {status['messages'][-1:]}\n{server.log_tail()}"
+            return entry
+        time.sleep(0.5)
+    raise AssertionError(f"prompt {prompt_id} did not finish within {RUN_TIMEOUT:.0f} s\n{server.log_tail()}")
+
+
+@pytest.mark.parametrize("name", QUEUED)
+def test_tiny_variant_runs_from_the_ui_and_shows_its_images(page, server, artifacts, name: str):
+    path = WORKFLOWS_DIR / f"{name}.json"
+    workflow = tiny_variant(json.loads(path.read_text(encoding="utf-8")), server.object_info)
+    _load(page, workflow)
+    _assert_loaded_cleanly(page, workflow)
+    entry = _run_from_ui(page, server)
+    image_nodes = sorted(int(k) for k, v in entry["outputs"].items() if v.get("images"))
+    expected = sorted(n["id"] for n in workflow["nodes"] if n["type"] in IMAGE_TYPES and n["mode"] == 0)
+    assert expected and set(expected) <= set(image_nodes), f"nodes {expected} should have images: {entry['outputs']}"
+    shown = page.wait_for_function(
+        """ids => { const ok = ids.filter(id => { const n = app.graph.getNodeById(id);
+                     return n?.imgs?.length && n.imgs.every(img => img.complete && img.naturalWidth > 0); });
+                   return ok.length === ids.length ? ok : null; }""",
+        arg=image_nodes, timeout=30_000).json_value()
+    assert sorted(shown) == image_nodes
+    for node in workflow["nodes"]:  # PreviewAny shows the LPIPS table on the canvas
+        if node["type"] == "PreviewAny" and node["mode"] == 0:
+            text = entry["outputs"][str(node["id"])]["text"][0]
+            previews = page.evaluate(PREVIEWS, node["id"])
+            assert text.strip() and text in previews, f"PreviewAny {node['id']} shows {previews!r}, not {text[:80]!r}"
+    page.screenshot(path=str(artifacts / f"{name}-tiny-run.png"))

@@ -1,0 +1,216 @@
+"""The shipped workflows inside ComfyUI: their node types exist, their widget values line up with the real
+inputs and fit them, ComfyUI's own validation accepts them, and — with tiny random-weight models in place of
+the real loaders — the basic, comparison and inversion workflows run end to end on the CPU.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from sdatest.workflow_api import (CONTROL, CORE_TYPES, TINY_LOADERS, VIRTUAL_TYPES, WORKFLOWS_DIR, combo_options,
+                                  control_values, input_specs, load_builder, node_defs, tiny_variant, to_api,
+                                  widget_values, write_tiny_model_files)
+
+WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
+CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+TINY_SIDE = 64
+
+
+def _load(name: str) -> dict[str, Any]:
+    path = WORKFLOWS_DIR / f"{name}.json"
+    if not path.exists():
+        import nodes
+
+        waiting = dict(load_builder().buildable(set(nodes.NODE_CLASS_MAPPINGS))[1])
+        pytest.skip(f"{path.name} is not shipped yet: waits for node types {waiting.get(name)}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def defs(comfy) -> dict[str, dict[str, Any]]:
+    """ComfyUI's definitions of every node type the workflows (and their tiny variants) use."""
+    types = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
+    types |= {tiny for tiny, _ in TINY_LOADERS.values()}
+    import nodes
+
+    missing = sorted(t for t in types - VIRTUAL_TYPES if t not in nodes.NODE_CLASS_MAPPINGS)
+    assert not missing, f"node types unknown to ComfyUI {comfy.version} with the pack loaded: {missing}"
+    return node_defs(types)
+
+
+@pytest.fixture(scope="module")
+def model_files(comfy) -> dict[str, Path]:
+    """Every file the workflows name, in the session's models folders (see write_tiny_model_files)."""
+    return write_tiny_model_files(comfy.root / "models")
+
+
+@pytest.fixture(params=WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def shipped(request) -> tuple[str, dict[str, Any]]:
+    return request.param.stem, json.loads(request.param.read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def workflow(shipped) -> dict[str, Any]:
+    return shipped[1]
+
+
+def test_core_types_exist(comfy):
+    import nodes
+
+    missing = sorted(t for t in CORE_TYPES - VIRTUAL_TYPES if t not in nodes.NODE_CLASS_MAPPINGS)
+    assert not missing, f"not core node types in ComfyUI {comfy.version}: {missing}"
+
+
+def test_files_match_their_descriptions(comfy):
+    """workflows/*.json are what scripts/build_workflows.py makes from its by-name descriptions with this
+    ComfyUI's definitions: a value in the wrong widget position, or a stale file, fails here."""
+    import nodes
+
+    b = load_builder()
+    ready, _ = b.buildable(set(nodes.NODE_CLASS_MAPPINGS))
+    assert ready
+    for flow in ready:
+        path = WORKFLOWS_DIR / f"{flow.name}.json"
+        assert path.exists(), f"{path.name} missing: run scripts/build_workflows.py"
+        built = b.dump(b.build(flow, node_defs(flow.types)))
+        assert path.read_text(encoding="utf-8") == built, f"{path.name} is stale: run scripts/build_workflows.py"
+
+
+def test_converted_values_are_the_described_ones(shipped, defs):
+    """to_api reads each widget back under the name the description gave it, links to the described node."""
+    b = load_builder()
+    name, workflow = shipped
+    flow = next(flow for flow in (make() for make in b.FLOWS) if flow.name == name)
+    ids = b.node_ids(flow)
+    prompt = to_api(workflow, defs)
+    for spec in flow.nodes:
+        node = prompt.get(str(ids[spec.key]))
+        if node is None:
+            assert spec.mode in (2, 4), f"{spec.key} is not muted or bypassed but was not sent"
+            continue
+        assert node["class_type"] == spec.type
+        for input_name, value in spec.values.items():
+            if isinstance(value, b.Out):
+                if str(ids[value.key]) in prompt:
+                    assert node["inputs"][input_name][0] == str(ids[value.key]), f"{spec.key}.{input_name}"
+            else:
+                got = node["inputs"][input_name]
+                assert got == value, f"{spec.key} {spec.type}.{input_name}: {got!r} != {value!r}"
+
+
+def _check_value(where: str, kind: str, options: dict[str, Any], value: Any, choices: list) -> None:
+    if kind == "INT":
+        assert isinstance(value, int) and not isinstance(value, bool), f"{where}: {value!r} is not an int"
+    elif kind == "FLOAT":
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {value!r} is not a number"
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool), f"{where}: {value!r} is not a boolean"
+    elif kind == "STRING":
+        assert isinstance(value, str), f"{where}: {value!r} is not a string"
+    elif kind == "COMBO":
+        user_file = isinstance(value, str) and value.endswith(".safetensors")  # depends on the user's files
+        assert user_file or value in choices, f"{where}: {value!r} not among {choices[:8]}"
+    if kind in ("INT", "FLOAT"):
+        assert options.get("min", value) <= value <= options.get("max", value), f"{where}: {value} out of range"
+
+
+def _assert_widgets_fit(workflow: dict[str, Any], defs) -> None:
+    for node in workflow["nodes"]:
+        if node["type"] in VIRTUAL_TYPES:
+            continue
+        defn = defs[node["type"]]
+        values = widget_values(node, defn)  # raises when the count does not match the widgets
+        for name, kind, options in input_specs(defn):
+            if name in values:
+                choices = combo_options(defn, name) if kind == "COMBO" else []
+                _check_value(f"node {node['id']} {node['type']}.{name}", kind, options, values[name], choices)
+        for name, value in control_values(node, defn).items():
+            assert value in CONTROL_VALUES, f"node {node['id']} {name} {CONTROL}: {value!r}"
+
+
+def test_widget_values_fit_their_inputs(workflow, defs):
+    _assert_widgets_fit(workflow, defs)
+
+
+def test_comfyui_validates_the_converted_workflow(comfy, workflow, defs, model_files):
+    prompt = to_api(workflow, defs)
+    outputs = comfy.validate(prompt)
+    saves = [i for i, n in prompt.items() if n["class_type"] == "SaveImage"]
+    assert saves and set(saves) <= set(outputs), f"SaveImage nodes {saves} not among the outputs {outputs}"
+    muted = [str(n["id"]) for n in workflow["nodes"] if n["mode"] == 2]
+    assert not set(muted) & set(prompt), "muted nodes must not be sent"
+    linked = {tuple(v) for n in prompt.values() for v in n["inputs"].values() if isinstance(v, list)}
+    assert not {origin for origin, _ in linked} - set(prompt), "a link points at a node that is not sent"
+
+
+def _saved_images(comfy, prompt: dict, outputs: dict) -> list[Image.Image]:
+    """What the SaveImage nodes wrote into the session's output folder."""
+    images = []
+    for node_id, node in prompt.items():
+        if node["class_type"] == "SaveImage":
+            for item in outputs[node_id]["images"]:
+                assert item["type"] == "output"
+                with Image.open(comfy.output_dir / item["subfolder"] / item["filename"]) as img:
+                    images.append(img.copy())
+    return images
+
+
+def _texts(prompt: dict, outputs: dict, class_type: str) -> list[str]:
+    return [t for i, n in prompt.items() if n["class_type"] == class_type for t in outputs[i]["text"]]
+
+
+def _run_tiny(comfy, name: str, defs) -> tuple[dict, dict]:
+    tiny = tiny_variant(_load(name), defs)
+    _assert_widgets_fit(tiny, defs)
+    prompt = to_api(tiny, defs)
+    assert not {n["class_type"] for n in prompt.values()} & {"UNETLoader", "CLIPLoader", "VAELoader"}
+    return prompt, comfy.run(prompt)
+
+
+def test_tiny_basic_workflow_executes(comfy, defs, model_files):
+    prompt, outputs = _run_tiny(comfy, "sda_lokr_basic", defs)
+    (image,) = _saved_images(comfy, prompt, outputs)
+    assert image.size == (TINY_SIDE, TINY_SIDE)
+    (report,) = _texts(prompt, outputs, "SDALoKrLoader")
+    assert load_builder().SDA_LOKR in report and "LoKr" in report, report
+
+
+def test_tiny_inversion_workflow_executes(comfy, defs, model_files):
+    prompt, outputs = _run_tiny(comfy, "training_adapter_inversion", defs)
+    (image,) = _saved_images(comfy, prompt, outputs)
+    assert image.size == (TINY_SIDE, TINY_SIDE)
+    (report,) = _texts(prompt, outputs, "SDAInvertTrainingAdapter")
+    assert "verify:" in report and load_builder().TRAINING_ADAPTER in report, report
+    deviation = float(report.split("within ")[1].split(" ")[0])
+    assert deviation < 1e-4, report
+
+
+def test_tiny_comparison_workflow_executes(comfy, defs, model_files):
+    prompt, outputs = _run_tiny(comfy, "seed_grid_diversity_comparison", defs)
+    grids = [i for i, n in prompt.items() if n["class_type"] == "SDASeedDiversityGrid"]
+    assert len(grids) == 2, "baseline and SDA grids (the teacher grid is muted)"
+    grid_areas = []
+    for node_id in grids:
+        assert prompt[node_id]["inputs"]["num_seeds"] == 4
+        (grid,) = _ui_images(outputs[node_id]["images"])
+        assert grid.width * grid.height >= 4 * TINY_SIDE ** 2, f"grid {grid.size} cannot hold 4 images"
+        grid_areas.append(grid.width * grid.height)
+    (image,) = _saved_images(comfy, prompt, outputs)
+    assert image.width * image.height >= sum(grid_areas), f"comparison {image.size} smaller than its grids"
+    (table,) = _texts(prompt, outputs, "PreviewAny")
+    assert "Turbo 8 steps" in table and "Turbo + SDA" in table and "LPIPS" in table, table
+
+
+def _ui_images(items: list[dict[str, str]]) -> list[Image.Image]:
+    """The images a node shows (ComfyUI's output/temp folders by the item's type)."""
+    import folder_paths
+
+    images = []
+    for item in items:
+        with Image.open(Path(folder_paths.get_directory_by_type(item["type"])) / item["subfolder"] / item["filename"]) as img:
+            images.append(img.copy())
+    return images
