@@ -121,6 +121,8 @@ def start(comfy_path: str | os.PathLike, argv: tuple[str, ...] = (), *, load_pac
 
     import comfy.utils
     import folder_paths
+    import utils.extra_config  # noqa: F401  (main.py does: ComfyUI's `utils` package before nodes.py puts
+    #                            comfy/ first on sys.path, where `utils` would be comfy/utils.py)
     import nodes
 
     if Path(nodes.__file__).resolve().parent != comfy_path:
