@@ -216,11 +216,12 @@ def test_interrupt_then_resume_reproduces_the_uninterrupted_run(comfy, progress,
 def test_memory_short_loads_the_teacher_only_for_its_forwards_and_trains_the_same(comfy, monkeypatch):
     import nodes as comfy_nodes
 
-    training = sys.modules[comfy_nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__]
+    node_module = comfy_nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__
+    session = sys.modules[node_module.rsplit(".", 1)[0] + ".session"]  # the pack's nodes/training/session.py
     reports = {}
     for name, fits in (("fit_both", True), ("fit_short", False)):
         with monkeypatch.context() as m:
-            m.setattr(training.Residency, "_both_fit", lambda self, fits=fits: fits)
+            m.setattr(session.Residency, "_both_fit", lambda self, fits=fits: fits)
             g = Graph()
             node = _train(g, *_models(g), _prompts(g), steps=3, save_name=name)
             reports[name] = _report(comfy.run(g.prompt()), node)

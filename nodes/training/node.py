@@ -1,0 +1,305 @@
+"""SDA Train LoKr: train an SDA LoKr on the loaded student and teacher MODELs, inside ComfyUI.
+
+Glue only. ComfyUI objects become what sda_core.training takes: denoiser callables over `apply_model` with the
+conds ComfyUI's sampler would make (the MODEL's wrappers included; cond hooks, ControlNets and
+model_function_wrapper are not applied while training), a LoKrSet riding on a clone of the student as weight
+wrappers, the assistant adapter as a switchable weight wrapper. `sda_core.training.train` runs the SDA loss and
+loop. The results go back as ComfyUI objects: the saved file loaded onto the student as patches (exactly what
+a user gets loading it), the loss curves as an IMAGE.
+
+Files. The LoKr: `<save_name>.safetensors` in the first `loras` folder, never overwritten (a suffix is
+added). The checkpoint of a save_name: `sda_checkpoints/<save_name>.ckpt.safetensors` in ComfyUI's output
+folder (not under loras, where it would show up in every LoRA list); with evals on, the best LoKr's factors
+so far sit beside it (`<save_name>.best.safetensors`) so a resumed run keeps its best.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+import comfy.model_management as mm
+from comfy_api.latest import io
+
+from ...sda_core.training import Checkpoint, LoKrSet, SDAConfig, TrainingDiverged, TrainResult, load_checkpoint, train
+from ...sda_core.training.plot import draw_loss_curves, summarize
+from .. import host
+from .checks import (CATEGORY, NONE, REPORT_WINDOW, RunFiles, describe_model, latent_shape, lokr_targets,
+                     require_flow, require_same_family, student_shift)
+from .conds import gather_prompts, negative_conditioning, prompt_fingerprint
+from .progress import EvalPlan, Evaluator, Progress, make_eval_plan, save_run_lokr
+from .session import Session
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one training call produced: for the node's outputs and its report."""
+
+    result: TrainResult
+    lokr_path: str
+    lokr_name: str
+    best: tuple[str, dict] | None
+    evals: list[dict]
+    notes: list[str]
+    residency: str
+    lokr_modules: int
+    lokr_params: int
+    gradient_checkpointing: bool
+
+
+def run_training(student, teacher, config: SDAConfig, files: RunFiles, *, targets, positive, negative, assistant,
+                 gradient_checkpointing: bool, resume: bool, details: dict, eval_plan: EvalPlan | None,
+                 node_id: str | None) -> Outcome:
+    """Set up, train (resuming if asked), save; ComfyUI's objects are restored whatever happens."""
+    notes: list[str] = []
+    with torch.inference_mode(False), torch.enable_grad():  # tensors made here (checkpoint state too) can train
+        checkpoint = _resume_checkpoint(files, config, details, notes) if resume else _fresh_start(files, notes)
+        session = Session.open(student, teacher, config, targets, positive, negative, assistant, gradient_checkpointing)
+        try:
+            if checkpoint is not None:
+                _restore_lokr(checkpoint, session.lokr, files)
+            session.start()
+            evaluator = _start_evaluator(session, eval_plan, config, files, checkpoint, notes)
+            result = _train(session, config, files, checkpoint, evaluator, details, node_id)
+            return _save(session, config, files, result, evaluator, details, notes)
+        finally:
+            session.close()
+
+
+def _fresh_start(files: RunFiles, notes: list[str]) -> None:
+    if os.path.isfile(files.checkpoint):
+        notes.append(f"a new run (resume off): the earlier checkpoint of {files.save_name!r} is replaced")
+    return None
+
+
+def _start_evaluator(session: Session, plan: EvalPlan | None, config: SDAConfig, files: RunFiles,
+                     checkpoint: Checkpoint | None, notes: list[str]) -> Evaluator | None:
+    """The eval, with its history and best LoKr carried over from a resumed run; a first eval where there is none
+    (at step 0 the frozen student: the baseline)."""
+    if plan is None:
+        return None
+    evaluator = Evaluator(session, plan, config.student_steps, files.best_factors)
+    if checkpoint is not None:
+        notes += filter(None, [evaluator.restore(checkpoint.extra)])
+    if not evaluator.history:
+        evaluator(checkpoint.step if checkpoint is not None else 0)
+    return evaluator
+
+
+def _train(session: Session, config: SDAConfig, files: RunFiles, checkpoint: Checkpoint | None,
+           evaluator: Evaluator | None, details: dict, node_id: str | None) -> TrainResult:
+    """sda_core's loop with ComfyUI's progress bar, interrupt and the eval hooked in."""
+    progress = Progress(config.steps, node_id)
+    progress.update(checkpoint.step if checkpoint else 0)
+
+    def on_step(step: int, entry: dict) -> None:
+        progress.update(step, entry)
+        if evaluator is not None and step % evaluator.plan.every == 0:
+            evaluator(step)
+
+    def should_stop() -> bool:
+        return progress.interrupted or (evaluator is not None and evaluator.interrupted) or mm.processing_interrupted()
+
+    def extra() -> dict:
+        return {**details, **(evaluator.state() if evaluator else {})}
+
+    os.makedirs(os.path.dirname(files.checkpoint), exist_ok=True)
+    try:
+        return train(session.models, config, on_step=on_step, should_stop=should_stop, resume=checkpoint,
+                     checkpoint_path=files.checkpoint, checkpoint_extra=extra)
+    except TrainingDiverged as exc:
+        path, _ = save_run_lokr(files, session.lokr, files.save_name + "_diverged", config, exc.last_good_step,
+                                {**details, "diverged": True})
+        raise RuntimeError(f"{exc} That LoKr was saved as {path}.") from None
+
+
+def _save(session: Session, config: SDAConfig, files: RunFiles, result: TrainResult, evaluator: Evaluator | None,
+          details: dict, notes: list[str]) -> Outcome:
+    """The LoKr as trained so far (and the best by diversity) as new files in models/loras."""
+    path, name = save_run_lokr(files, session.lokr, files.save_name, config, result.steps,
+                               {**details, "interrupted": result.interrupted})
+    best = None
+    if evaluator is not None and evaluator.best is not None:
+        best_path, _ = save_run_lokr(files, evaluator.best, files.save_name + "_best", config,
+                                     evaluator.best_entry["step"], {**details, "eval": evaluator.best_entry})
+        best = (best_path, evaluator.best_entry)
+    return Outcome(result, path, name, best, evaluator.history if evaluator else [], notes,
+                   session.residency.describe(), len(session.lokr), sum(p.numel() for p in session.lokr.parameters()),
+                   session.gradient_checkpointing)
+
+
+def _restore_lokr(checkpoint: Checkpoint, lokr: LoKrSet, files: RunFiles) -> None:
+    """The checkpoint's LoKr weights, now (the first eval of a resumed run sees them); refused if they don't fit."""
+    try:
+        checkpoint.restore(lokr)
+    except ValueError as exc:
+        raise ValueError(f"resume: {exc}: the checkpoint {files.checkpoint} was trained with other LoKr settings "
+                         "(lokr_factor, lokr_rank, include_refiners) or another model; turn resume off or choose "
+                         "another save_name") from None
+
+
+def _resume_checkpoint(files: RunFiles, config: SDAConfig, details: dict, notes: list[str]) -> Checkpoint | None:
+    if not os.path.isfile(files.checkpoint):
+        notes.append(f"resume: no checkpoint for save_name {files.save_name!r} ({files.checkpoint}); started at step 0")
+        return None
+    try:
+        checkpoint = load_checkpoint(files.checkpoint)
+    except ValueError as exc:
+        raise ValueError(f"resume: {exc}") from None
+    changed = [f"{k} {checkpoint.config.get(k)!r} -> {v!r}" for k, v in config.to_dict().items()
+               if k != "steps" and checkpoint.config.get(k) != v]
+    notes.append(f"resumed from step {checkpoint.step} ({files.checkpoint})")
+    if changed:
+        notes.append("settings changed since the checkpoint: " + "; ".join(changed))
+    if checkpoint.extra.get("prompts") not in (None, details["prompts"]):
+        notes.append("the prompts differ from the checkpoint's: the rest of the run trains on the new ones")
+    return checkpoint
+
+
+def build_report(files: RunFiles, config: SDAConfig, outcome: Outcome, prompt_note: str, negative_note: str,
+                 assistant: str) -> str:
+    result = outcome.result
+    if result.interrupted:
+        status = f"interrupted at step {result.steps} of {config.steps}; continue with resume on"
+    else:
+        status = f"{result.steps} of {config.steps} steps done"
+    rank = "full w2" if config.rank is None else f"rank {config.rank}"
+    lines = [
+        f"SDA Train LoKr '{files.save_name}': {status} in {result.elapsed_s:.1f} s",
+        *outcome.notes,
+        f"models: {outcome.residency}; prompts: {prompt_note}; {negative_note}; assistant adapter: {assistant}",
+        f"LoKr: {outcome.lokr_modules} modules, factor {config.factor}, {rank}, {outcome.lokr_params} parameters",
+        f"settings: {config.student_steps}-step schedule (shift {config.shift:g}), latent {list(config.latent_shape)}, "
+        f"lr {config.lr:g}, lambda_div {config.lambda_div:g}, huber_delta {config.huber_delta:g}, pool_kernel "
+        f"{config.pool_kernel}, div_skip {config.div_skip}, seed {config.seed}"
+        + (", gradient checkpointing" if outcome.gradient_checkpointing else ""),
+    ]
+    summary = summarize(result.history, window=REPORT_WINDOW)
+    for key in ("total", "anchor", "diversity"):
+        if key in summary:
+            s = summary[key]
+            if s["n"] > REPORT_WINDOW:
+                lines.append(f"{key}: {s['first']:.4g} over the first {REPORT_WINDOW} steps it was computed, "
+                             f"{s['last']:.4g} over the last {REPORT_WINDOW}")
+            else:
+                lines.append(f"{key}: {s['last']:.4g} (mean over its {s['n']} steps)")
+    if result.bad_steps:
+        lines.append(f"{result.bad_steps} steps skipped (non-finite loss or gradient)")
+    if outcome.evals:
+        lines.append("eval avg LPIPS: " + ", ".join(f"step {e['step']}: {e['avg_lpips']:.4f}" for e in outcome.evals))
+    lines.append(f"saved: {outcome.lokr_path}")
+    if outcome.best:
+        lines.append(f"best by diversity: {outcome.best[0]} (step {outcome.best[1]['step']}, avg LPIPS "
+                     f"{outcome.best[1]['avg_lpips']:.4f})")
+    lines.append(f"checkpoint: {files.checkpoint}")
+    return "\n".join(lines)
+
+
+def _int(id: str, default: int, lo: int, hi: int, tooltip: str, optional: bool = False) -> io.Int.Input:
+    return io.Int.Input(id, default=default, min=lo, max=hi, tooltip=tooltip, optional=optional)
+
+
+class SDATrainLoKr(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SDATrainLoKr",
+            display_name="SDA Train LoKr",
+            category=CATEGORY,
+            description=("Train an SDA LoKr that restores seed diversity to a few-step student by aligning its "
+                         "seed-to-seed changes with a many-step teacher's, anchored to the frozen student. "
+                         "Saves to models/loras; stop it any time and continue with resume."),
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("student", tooltip="The few-step model to train (e.g. Z-Image-Turbo; LoRAs may be applied)."),
+                io.Model.Input("teacher", tooltip="The many-step model whose seed-to-seed changes the student should follow."),
+                io.String.Input("prompts", multiline=True, default="",
+                                tooltip="One prompt per line, encoded with clip. Ignored when conditioning is connected."),
+                io.Clip.Input("clip", optional=True, tooltip="Encodes prompts (and negative_prompt)."),
+                io.Conditioning.Input("conditioning", optional=True,
+                                      tooltip="Instead of prompts + clip: every entry of the CONDITIONING is one prompt."),
+                io.String.Input("negative_prompt", multiline=True, default="", optional=True,
+                                tooltip="The teacher's negative, used when teacher_cfg > 1."),
+                io.Float.Input("teacher_cfg", default=1.0, min=1.0, max=30.0, step=0.1, optional=True,
+                               tooltip="1: the teacher's conditional prediction; > 1: cfg with the negative."),
+                io.Combo.Input("assistant_adapter", options=[NONE] + host.lora_names(), default=NONE, optional=True,
+                               tooltip="A de-distill training adapter: on for the anchor, off for the diversity forward."),
+                _int("width", 512, 64, 4096, "Training resolution in pixels (latent = width/8)."),
+                _int("height", 512, 64, 4096, "Training resolution in pixels (latent = height/8)."),
+                _int("steps", 500, 1, 1_000_000, "Total training steps (a resumed run counts the earlier ones)."),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1e-1, step=1e-6, round=1e-7),
+                io.Float.Input("lambda_div", default=1.0, min=0.0, max=100.0, step=0.05,
+                               tooltip="Weight of the diversity (direction) term against the anchor."),
+                io.Float.Input("huber_delta", default=0.08, min=1e-4, max=10.0, step=0.01,
+                               tooltip="Huber delta of the anchor to the frozen student."),
+                _int("pool_kernel", 8, 1, 64, "Low-pass kernel on the latent deltas: only macro-composition counts."),
+                _int("div_skip", 7, 0, 100, "The diversity term is used on schedule steps 0..div_skip-1; later steps "
+                     "are pure anchor."),
+                _int("student_steps", 8, 1, 100, "The student's sampling steps (the schedule training follows)."),
+                _int("lokr_factor", 8, 1, 64, "LoKr factor (the card: 8)."),
+                _int("lokr_rank", 0, 0, 4096, "0: full-rank lokr_w2 (the card's setting); else a rank-r w2."),
+                io.Boolean.Input("include_refiners", default=False,
+                                 tooltip="Also train the noise/context refiner blocks."),
+                io.Boolean.Input("gradient_checkpointing", default=False,
+                                 tooltip="Recompute block activations in backward: less memory, slower."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False),
+                io.String.Input("save_name", default="sda_lokr",
+                                tooltip="File name in models/loras (a suffix is added if it exists)."),
+                _int("checkpoint_every", 100, 0, 1_000_000, "Steps between checkpoints (0: only at the end or on "
+                     "interrupt)."),
+                io.Boolean.Input("resume", default=False,
+                                 tooltip="Continue from save_name's checkpoint (in output/sda_checkpoints); off: a new "
+                                         "run whose checkpoint replaces it."),
+                io.Vae.Input("vae", optional=True, tooltip="With eval_every: decode eval renders for LPIPS."),
+                _int("eval_every", 0, 0, 1_000_000, "Every N steps render fixed seeds and score their avg LPIPS "
+                     "(needs vae; 0: off). Keeps <save_name>_best too.", optional=True),
+                _int("eval_seeds", 4, 2, 64, "Seeds rendered per eval.", optional=True),
+            ],
+            outputs=[
+                io.Model.Output("model", display_name="MODEL"),
+                io.String.Output("lokr_path", display_name="lokr_path"),
+                io.Image.Output("loss_curves", display_name="loss_curves"),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, student, teacher, prompts: str, width: int, height: int, steps: int, learning_rate: float,
+                lambda_div: float, huber_delta: float, pool_kernel: int, div_skip: int, student_steps: int,
+                lokr_factor: int, lokr_rank: int, include_refiners: bool, gradient_checkpointing: bool, seed: int,
+                save_name: str, checkpoint_every: int, resume: bool, clip=None, conditioning=None,
+                negative_prompt: str = "", teacher_cfg: float = 1.0, assistant_adapter: str = NONE, vae=None,
+                eval_every: int = 0, eval_seeds: int = 4) -> io.NodeOutput:
+        require_flow(student, "student")
+        require_flow(teacher, "teacher")
+        require_same_family(student, teacher)
+        files = RunFiles.for_name(save_name)
+        config = SDAConfig(
+            steps=steps, lr=learning_rate, lambda_div=lambda_div, huber_delta=huber_delta, pool_kernel=pool_kernel,
+            div_skip=div_skip, student_steps=student_steps, shift=student_shift(student, student_steps),
+            factor=lokr_factor, rank=lokr_rank or None, teacher_cfg=teacher_cfg, seed=seed,
+            checkpoint_every=checkpoint_every, latent_shape=latent_shape(student, width, height, pool_kernel))
+        targets = lokr_targets(student, include_refiners)
+        positive, prompt_note = gather_prompts(prompts, clip, conditioning)
+        negative, negative_note = negative_conditioning(teacher_cfg, clip, negative_prompt, positive)
+        use_assistant = assistant_adapter not in (None, "", NONE)
+        assistant = host.load_for_model(student, assistant_adapter, widget="assistant_adapter") if use_assistant else None
+        details = {"student": describe_model(student), "teacher": describe_model(teacher),
+                   "prompts": prompt_fingerprint(positive), "prompt_count": len(positive),
+                   "assistant_adapter": assistant_adapter if use_assistant else None,
+                   "include_refiners": include_refiners, "trainer": "comfyui-sda SDATrainLoKr"}
+        eval_plan = make_eval_plan(vae, eval_every, eval_seeds, seed, width, height, positive, negative)
+        outcome = run_training(student, teacher, config, files, targets=targets, positive=positive, negative=negative,
+                               assistant=assistant, gradient_checkpointing=gradient_checkpointing, resume=resume,
+                               details=details, eval_plan=eval_plan, node_id=cls.hidden.unique_id)
+        trained = host.load_for_model(student, outcome.lokr_name, widget="save_name")
+        model = host.apply_adapters(student, [(trained, 1.0)])
+        image = draw_loss_curves(outcome.result.history, outcome.evals,
+                                 title=f"SDA LoKr '{files.save_name}': step {outcome.result.steps}")
+        report = build_report(files, config, outcome, prompt_note, negative_note,
+                              assistant_adapter if use_assistant else "none")
+        return io.NodeOutput(model, outcome.lokr_path, image, ui=host.image_and_text_ui(image, report, cls))
+
+
+NODES = [SDATrainLoKr]

@@ -1,0 +1,251 @@
+"""The student and teacher on the device while training: trainable weights, residency, denoisers, LoKr and
+assistant as weight wrappers, gradient checkpointing."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+from typing import Any, Callable, Iterator
+
+import torch
+
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.patcher_extension
+import comfy.sampler_helpers
+import comfy.samplers
+import comfy.utils
+
+from ...sda_core.adapters import LoadedAdapter, Target
+from ...sda_core.schedule import ScheduledWeight
+from ...sda_core.training import LoKrSet, SDAConfig, SDAModels, SlicedLoKr, flow_sigmas
+from ...sda_core.training.grad_checkpoint import Switches, checkpoint_blocks
+from ...sda_core.training.rope import with_rotation_backward
+from .. import host
+from .conds import BatchedConds, batch_model_conds, model_conds
+
+
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    """A tensor on t's storage made in the current (inference or normal) mode: no copy."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.size(),
+                                                               t.stride())
+
+
+class TrainableWeights:
+    """The student's weights as frozen normal tensors while it trains, given back as they were on exit.
+
+    The executor loads models under torch.inference_mode(), and autograd cannot save inference tensors for
+    backward; trainable-looking base weights would also collect gradients. Each such weight is swapped for
+    a frozen alias of the same storage (no copy), and swapped back in `restore`.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.swapped: dict[tuple[int, str, str], tuple] = {}
+
+    def refresh(self) -> None:
+        """Alias whatever ComfyUI (re)loaded since the last call."""
+        for mod in self.module.modules():
+            for kind, table in (("param", mod._parameters), ("buffer", mod._buffers)):
+                for name, t in list(table.items()):
+                    if t is None or type(t.data) is not torch.Tensor or not (t.is_inference() or t.requires_grad):
+                        continue
+                    alias = torch.nn.Parameter(_alias(t.data), requires_grad=False) if kind == "param" else _alias(t)
+                    key = (id(mod), kind, name)
+                    was = self.swapped[key][4:] if key in self.swapped else (t.is_inference(), t.requires_grad)
+                    table[name] = alias
+                    self.swapped[key] = (mod, kind, name, alias, *was)
+
+    def restore(self) -> None:
+        for mod, kind, name, alias, was_inference, requires_grad in self.swapped.values():
+            table = mod._parameters if kind == "param" else mod._buffers
+            if table.get(name) is not alias:
+                continue  # ComfyUI replaced it meanwhile (patched or moved): leave ComfyUI's
+            with torch.inference_mode(was_inference):
+                data = _alias(alias.data)
+                table[name] = torch.nn.Parameter(data, requires_grad=requires_grad) if kind == "param" else data
+        self.swapped.clear()
+
+
+class Residency:
+    """Student and teacher on the torch device through comfy.model_management only.
+
+    Both stay loaded when they fit. When memory is short, or when they are clones of one model (e.g. the
+    teacher is the student plus a de-distill LoRA: ComfyUI holds one set of weights for both), the teacher is
+    loaded for its forwards only and freed before the student's next forward.
+    """
+
+    def __init__(self, student, teacher, weights: TrainableWeights) -> None:
+        self.student, self.teacher, self.weights = student, teacher, weights
+        self.shared = student.is_clone(teacher)
+        self.swap = self.shared or not self._both_fit()
+
+    def _both_fit(self) -> bool:
+        device = self.student.load_device
+        if mm.is_device_cpu(device):
+            return True
+        loaded = self.student.loaded_size() + self.teacher.loaded_size()
+        needed = self.student.model_size() + self.teacher.model_size() + mm.minimum_inference_memory()
+        return needed <= mm.get_free_memory(device) + loaded
+
+    def describe(self) -> str:
+        if not self.swap:
+            return "student and teacher both loaded"
+        why = "they share one model's weights" if self.shared else "memory is short for both"
+        return f"teacher loaded only for its forwards ({why})"
+
+    def start(self) -> None:
+        mm.load_models_gpu([self.student] if self.swap else [self.student, self.teacher])
+        self.weights.refresh()
+
+    def ready(self, model) -> None:
+        """Called before every forward of `model`."""
+        if model is self.student and self.swap:
+            self.release(self.teacher)
+        if not self._loaded(model):
+            mm.load_models_gpu([model])
+            if model is self.student:
+                self.weights.refresh()
+
+    @staticmethod
+    def _loaded(model) -> bool:
+        return any(m is model for m in mm.loaded_models())
+
+    def release(self, model) -> None:
+        """Unload `model` (weights unpatched, memory given back), keeping every other loaded model."""
+        if self._loaded(model):
+            keep = [lm for lm in mm.current_loaded_models if lm.model is not model]
+            mm.free_memory(1e30, model.load_device, keep_loaded=keep)
+
+
+def transformer_options(model, sample_sigmas: torch.Tensor) -> dict:
+    """What the sampler would pass: the model's transformer options with its wrappers, on the student's schedule."""
+    options = comfy.patcher_extension.merge_nested_dicts({}, model.model_options.get("transformer_options", {}))
+    for kind in ("wrappers", "callbacks"):
+        options[kind] = comfy.patcher_extension.merge_nested_dicts(options.get(kind, {}), getattr(model, kind, {}))
+    options["sample_sigmas"] = sample_sigmas
+    return options
+
+
+def make_denoiser(model, residency: Residency, sample_sigmas: torch.Tensor) -> Callable:
+    """denoise(x_t, sigma[B], cond) -> x0 through model.model.apply_model, the model made ready first."""
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
+        residency.ready(model)
+        kwargs = cond if isinstance(cond, BatchedConds) else batch_model_conds([cond])
+        return model.model.apply_model(x, sigma, transformer_options=transformer_options(model, sample_sigmas), **kwargs)
+
+    return denoise
+
+
+def attach_lokr(model, targets: dict[str, Target], config: SDAConfig, device) -> LoKrSet:
+    """One trainable LoKr per target on `model` (a clone) as weight wrappers; q/k/v as slices of the fused qkv."""
+    shapes = {name: (t.shape[0], math.prod(t.shape[1:])) for name, t in targets.items()}
+    lokr = LoKrSet.build(shapes, factor=config.factor, rank=config.rank, seed=config.seed).to(device)
+    by_param: dict[str, list] = {}
+    for name, target in sorted(targets.items()):
+        by_param.setdefault(target.param, []).append((target.rows, lokr[name]))
+    for param, parts in by_param.items():
+        wrapper = parts[0][1] if parts[0][0] is None else SlicedLoKr([(rows[0], m) for rows, m in parts])
+        model.add_weight_wrapper(host.MODEL_PREFIX + param, wrapper)
+    return lokr
+
+
+class AssistantSwitch:
+    """The assistant adapter's strength on its weight wrappers: 1 (on) or 0 (off: the weights without it)."""
+
+    def __init__(self) -> None:
+        self.value = 1.0
+
+    @contextlib.contextmanager
+    def off(self) -> Iterator[None]:
+        before = self.value
+        self.value = 0.0
+        try:
+            yield
+        finally:
+            self.value = before
+
+
+def attach_assistant(model, loaded: LoadedAdapter) -> AssistantSwitch:
+    switch = AssistantSwitch()
+    regions: dict[str, list] = {}
+    for target, module in loaded.placements:
+        regions.setdefault(host.MODEL_PREFIX + target.param, []).append((target.rows, module))
+    for key, key_regions in regions.items():
+        model.add_weight_wrapper(key, ScheduledWeight(key_regions, switch))
+    return switch
+
+
+@contextlib.contextmanager
+def differentiable_rope(model) -> Iterator[None]:
+    """The model code's RoPE made differentiable while training, put back on exit.
+
+    ComfyUI 0.8 computes RoPE with comfy-kitchen's fused op, which has no backward; the model's module
+    global `apply_rope` is swapped for the same op with a rotation backward (sda_core.training.rope).
+    """
+    module = sys.modules.get(type(model.model.diffusion_model).__module__)
+    original = getattr(module, "apply_rope", None)
+    if original is None or hasattr(original, "wrapped"):
+        yield
+        return
+    module.apply_rope = with_rotation_backward(original)
+    try:
+        yield
+    finally:
+        module.apply_rope = original
+
+
+def transformer_blocks(model) -> list[torch.nn.Module]:
+    diffusion_model = model.model.diffusion_model
+    return [block for child in diffusion_model.children() if isinstance(child, torch.nn.ModuleList) for block in child]
+
+
+@dataclasses.dataclass
+class Session:
+    """Everything one training call sets up on ComfyUI's objects; `close` undoes it."""
+
+    clone: Any
+    lokr: LoKrSet
+    switch: AssistantSwitch | None
+    weights: TrainableWeights
+    residency: Residency
+    models: SDAModels
+    gradient_checkpointing: bool
+    undo: contextlib.ExitStack
+
+    @classmethod
+    def open(cls, student, teacher, config: SDAConfig, targets, positive: list, negative: list | None,
+             assistant: LoadedAdapter | None, gradient_checkpointing: bool) -> "Session":
+        device = mm.get_torch_device()
+        clone = student.clone()
+        lokr = attach_lokr(clone, targets, config, device)
+        switch = attach_assistant(clone, assistant) if assistant is not None else None
+        weights = TrainableWeights(clone.model)
+        residency = Residency(clone, teacher, weights)
+        sigmas = flow_sigmas(config.student_steps, config.shift).to(device)
+        latent = torch.zeros((1, *config.latent_shape), device=device)
+        conds = [c for cond in positive for c in model_conds(clone, cond, latent, "positive")]
+        models = SDAModels(
+            student=make_denoiser(clone, residency, sigmas), teacher=make_denoiser(teacher, residency, sigmas),
+            lokr=lokr, conds=conds, assistant=switch.off if switch else None,
+            negative=model_conds(clone, negative, latent, "negative")[0] if negative else None,
+            batch_conds=batch_model_conds, device=device)
+        return cls(clone, lokr, switch, weights, residency, models, gradient_checkpointing, contextlib.ExitStack())
+
+    def start(self) -> None:
+        """Load the models, make RoPE differentiable and, if asked, checkpoint the student's blocks."""
+        self.residency.start()
+        self.undo.enter_context(differentiable_rope(self.clone))
+        if self.gradient_checkpointing:
+            flags = [(m, "enabled") for _, m in self.lokr.items()] + ([(self.switch, "value")] if self.switch else [])
+            self.undo.enter_context(checkpoint_blocks(transformer_blocks(self.clone), Switches(flags)))
+
+    def close(self) -> None:
+        """Checkpointing and RoPE undone, the training clone unloaded (its wrappers leave with it), weights restored."""
+        try:
+            self.undo.close()
+            self.residency.release(self.clone)
+        finally:
+            self.weights.restore()
+
