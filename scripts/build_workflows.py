@@ -224,6 +224,54 @@ stands; connect your many-step teacher model to its *model* input instead, unmut
     return f
 
 
+def sda_early_steps() -> Flow:
+    f = Flow("sda_early_steps", MODELS_NOTE + f"""
+Adapter, in `models/loras/`: the SDA LoKr, here `{SDA_LOKR}` (rename to match your file).
+LPIPS needs torchvision's AlexNet weights: downloaded on first use, or put `alexnet-owt-7be5be79.pth`
+into `models/lpips/` on an offline machine.
+
+## Use
+The same prompt and seeds four times: the plain Turbo model, Turbo + SDA on all 8 steps, and Turbo + SDA on
+the first 2 and the first 4 steps only (*Adapter Strength by Step*). *Diversity Compare* puts the four
+grids side by side with avg LPIPS, pixel std and sharpness relative to the baseline (row 1).
+""")
+    _loaders_and_prompt(f)
+    f.add("explain", "Note", title="What this shows: diversity is made early", text="""\
+A distilled model fixes pose, layout and camera in its first, high-noise steps; the later steps only
+sharpen. So the SDA LoKr may only be needed where the composition is decided.
+
+Compare the rows:
+- avg LPIPS: how much of the all-steps SDA diversity the 2-step and 4-step rows keep over the baseline;
+- sharpness (relative to the baseline): whether leaving the late steps to the plain Turbo model keeps the
+  detail that a LoKr on every step may soften.
+
+If "first 2 steps" already reaches most of the all-steps LPIPS at baseline sharpness, that is the trade-off
+to take; edit step_strengths (one multiplier per step, e.g. 1,1,1,0.5,0,0,0,0) to try others.
+""")
+    f.add("shift", "ModelSamplingAuraFlow", model=Out("unet"), shift=3.0)
+    f.add("lokr", "SDALoKrLoader", title="SDA on all 8 steps", model=Out("shift"), lokr_name=SDA_LOKR, strength=1.0)
+    f.add("early2", "SDAScheduledAdapter", title="SDA on the first 2 steps", model=Out("shift"),
+          lora_name=SDA_LOKR, strength=1.0, step_strengths="1,1,0,0,0,0,0,0")
+    f.add("early4", "SDAScheduledAdapter", title="SDA on the first 4 steps", model=Out("shift"),
+          lora_name=SDA_LOKR, strength=1.0, step_strengths="1,1,1,1,0,0,0,0")
+    grid = dict(positive=Out("positive"), negative=Out("negative"), vae=Out("vae"), width=1024, height=1024,
+                seed=0, num_seeds=16, seed_list="", batch_size=4, lpips_net="alex", lpips_size="short side 256",
+                **SAMPLING)
+    f.add("grid_base", "SDASeedDiversityGrid", title="Baseline: Z-Image-Turbo", model=Out("shift"),
+          label="Turbo 8 steps", **grid)
+    f.add("grid_all", "SDASeedDiversityGrid", title="SDA on all steps", model=Out("lokr"),
+          label="SDA all 8 steps", **grid)
+    f.add("grid_2", "SDASeedDiversityGrid", title="SDA on the first 2 steps", model=Out("early2"),
+          label="SDA steps 1-2", **grid)
+    f.add("grid_4", "SDASeedDiversityGrid", title="SDA on the first 4 steps", model=Out("early4"),
+          label="SDA steps 1-4", **grid)
+    f.add("compare", "SDADiversityCompare", result_1=Out("grid_base", "result"), result_2=Out("grid_all", "result"),
+          result_3=Out("grid_2", "result"), result_4=Out("grid_4", "result"), baseline="1", teacher="none")
+    f.add("table", "PreviewAny", title="LPIPS table", source=Out("compare", "table"))
+    f.add("save", "SaveImage", images=Out("compare", "image"), filename_prefix="sda_early_steps")
+    return f
+
+
 TRAINING_PROMPTS = "\n".join([
     "A street musician playing a violin in a rainy city square at dusk, cinematic photo.",
     "A red fox crossing a snowy forest clearing, morning light, wildlife photography.",
@@ -264,7 +312,7 @@ With the VAE connected and *eval_every* > 0 it renders fixed seeds and keeps the
 
 
 FLOWS: list[Callable[[], Flow]] = [sda_lokr_basic, sda_style_stack, seed_grid_diversity_comparison, sda_training,
-                                   training_adapter_inversion]
+                                   training_adapter_inversion, sda_early_steps]
 
 
 # --- UI-format JSON ------------------------------------------------------------------------------------
@@ -320,6 +368,14 @@ def build(flow: Flow, defs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     links: list[list] = []
     nodes: dict[str, dict[str, Any]] = {}
     for order, n in enumerate(flow.nodes, start=1):
+        if n.type in VIRTUAL_TYPES:  # a frontend-only Note: its one widget is its text
+            if set(n.values) != {"text"} or n.type != "Note":
+                raise ValueError(f"{flow.name}: {n.key}: only a Note with text=... is supported here")
+            nodes[n.key] = {"id": ids[n.key], "type": n.type, "pos": [0, 0], "size": [440, 300], "flags": {},
+                            "order": order, "mode": n.mode, "inputs": [], "outputs": [],
+                            "title": n.title or "Note", "properties": {},
+                            "widgets_values": [n.values["text"].strip() + "\n"], "color": "#432", "bgcolor": "#653"}
+            continue
         defn = defs[n.type]
         widget_names = {name for name, kind, opt in input_specs(defn) if is_widget(kind, opt)}
         names = {name for name, _, _ in input_specs(defn)}

@@ -29,11 +29,14 @@ def registered_node_ids() -> set[str]:
                if isinstance(n, ast.Attribute) and n.attr == "NODES" and isinstance(n.value, ast.Name)}
     assert modules, "nodes/registry.py lists no <module>.NODES"
     ids = set()
-    for module in modules:
-        tree = ast.parse((REPO / "nodes" / f"{module}.py").read_text())
-        listed = {e.id for n in tree.body if isinstance(n, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "NODES" for t in n.targets) for e in n.value.elts}
-        for cls in tree.body:
+    for module in modules:  # a module nodes/<module>.py or a package nodes/<module>/ (its NODES in any file)
+        single = REPO / "nodes" / f"{module}.py"
+        files = [single] if single.exists() else sorted((REPO / "nodes" / module).glob("*.py"))
+        trees = [ast.parse(f.read_text()) for f in files]
+        listed = {e.id for tree in trees for n in tree.body if isinstance(n, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "NODES" for t in n.targets) and isinstance(n.value, ast.List)
+            for e in n.value.elts}
+        for cls in (c for tree in trees for c in tree.body):
             if isinstance(cls, ast.ClassDef) and cls.name in listed:
                 ids |= {kw.value.value for call in ast.walk(cls) if isinstance(call, ast.Call)
                         for kw in call.keywords if kw.arg == "node_id" and isinstance(kw.value, ast.Constant)}
@@ -54,6 +57,8 @@ def test_every_buildable_workflow_is_shipped():
     ready, _waiting = load_builder().buildable(CORE_TYPES | registered_node_ids())
     expected = {f.name for f in ready}
     assert {"sda_lokr_basic", "sda_style_stack", "training_adapter_inversion"} <= expected
+    if "SDAScheduledAdapter" in registered_node_ids():
+        assert "sda_early_steps" in expected
     assert {p.stem for p in WORKFLOWS} == expected
 
 
@@ -118,3 +123,39 @@ def test_nodes_do_not_overlap(workflow):
         for b, bx, by, bw, bh in boxes[i + 1:]:
             apart = ax + aw <= bx or bx + bw <= ax or ay + ah <= by or by + bh <= ay
             assert apart, f"nodes {a} and {b} overlap"
+
+
+def test_early_steps_workflow_compares_four_schedules():
+    """Issue 7: baseline vs SDA on all steps vs the first 2 / 4 steps, four grids into one compare -> Save,
+    and a Note on the trade-off."""
+    path = REPO / "workflows" / "sda_early_steps.json"
+    if not path.exists():
+        pytest.skip("sda_early_steps.json is not shipped yet (SDAScheduledAdapter not registered)")
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for n in wf["nodes"]:
+        by_type.setdefault(n["type"], []).append(n)
+    schedules = sorted(v for n in by_type["SDAScheduledAdapter"] for v in n["widgets_values"] if isinstance(v, str)
+                       and "," in v)
+    assert schedules == ["1,1,0,0,0,0,0,0", "1,1,1,1,0,0,0,0"]
+    assert len(by_type["SDALoKrLoader"]) == 1
+    (compare,) = by_type["SDADiversityCompare"]
+    grids = [n for n in by_type["SDASeedDiversityGrid"] if n["mode"] == 0]
+    assert len(grids) == 4
+    links = {link[0]: link for link in wf["links"]}
+    fed = [nodes[links[i["link"]][1]]["type"] for i in compare["inputs"] if i["link"] is not None]
+    assert fed == ["SDASeedDiversityGrid"] * 4
+
+    def model_source(node):
+        link = next(i["link"] for i in node["inputs"] if i["name"] == "model")
+        return nodes[links[link][1]]
+
+    sources = [model_source(g)["type"] for g in sorted(grids, key=lambda n: n["id"])]
+    assert sources == ["ModelSamplingAuraFlow", "SDALoKrLoader", "SDAScheduledAdapter", "SDAScheduledAdapter"]
+    assert compare["widgets_values"][:2] == ["1", "none"], "baseline = the plain Turbo row, no teacher"
+    saved = [links[i["link"]][1] for n in by_type["SaveImage"] for i in n["inputs"]]
+    assert compare["id"] in saved
+    (note,) = by_type["Note"]
+    text = note["widgets_values"][0]
+    assert "first" in text and "sharp" in text and "LPIPS" in text

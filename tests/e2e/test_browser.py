@@ -26,6 +26,15 @@ NODES = """() => app.graph._nodes.map(n => ({id: n.id, type: n.type, errors: !!n
 DIALOGS = """() => [...document.querySelectorAll('.p-dialog')].filter(d => d.offsetParent !== null)
                                                          .map(d => d.innerText.trim().slice(0, 300))"""
 PROMPT = "async () => (await app.graphToPrompt()).output"
+OURS = """() => Object.fromEntries(app.graph._nodes.filter(n => n.type.startsWith('SDA'))
+                                   .map(n => [n.id, (n.widgets || []).map(w => w.name)]))"""
+REPORTS = """() => Object.fromEntries(app.graph._nodes.filter(n => n.type.startsWith('SDA')).map(n => {
+                 const w = (n.widgets || []).find(w => w.name === 'report');
+                 return [n.id, w ? {value: String(w.value ?? ''), index: n.widgets.indexOf(w),
+                                    visible: !!w.element && w.element.offsetParent !== null} : null]; }))"""
+SERIALIZED = """() => Object.fromEntries(app.graph.serialize().nodes.filter(n => n.type.startsWith('SDA'))
+                                                           .map(n => [n.id, n.widgets_values]))"""
+SAVE_AND_RELOAD = "async () => { const wf = app.graph.serialize(); await app.loadGraphData(wf); return wf; }"
 PREVIEWS = """id => (app.graph.getNodeById(id).widgets || []).filter(w => w.name === 'preview')
                                                       .map(w => String(w.value ?? ''))"""
 
@@ -110,6 +119,7 @@ def test_tiny_variant_runs_from_the_ui_and_shows_its_images(page, server, artifa
     workflow = tiny_variant(json.loads(path.read_text(encoding="utf-8")), server.object_info)
     _load(page, workflow)
     _assert_loaded_cleanly(page, workflow)
+    before = ({int(k): v for k, v in page.evaluate(OURS).items()}, page.evaluate(SERIALIZED), _our_prompt(page))
     entry = _run_from_ui(page, server)
     image_nodes = sorted(int(k) for k, v in entry["outputs"].items() if v.get("images"))
     expected = sorted(n["id"] for n in workflow["nodes"] if n["type"] in IMAGE_TYPES and n["mode"] == 0)
@@ -126,3 +136,40 @@ def test_tiny_variant_runs_from_the_ui_and_shows_its_images(page, server, artifa
             previews = page.evaluate(PREVIEWS, node["id"])
             assert text.strip() and text in previews, f"PreviewAny {node['id']} shows {previews!r}, not {text[:80]!r}"
     page.screenshot(path=str(artifacts / f"{name}-tiny-run.png"))
+    _assert_reports_shown_and_serialisation_unchanged(page, server, entry, before)
+
+
+def _our_prompt(page) -> dict[str, Any]:
+    """The API prompt of our nodes, every input the UI sends (unfiltered: a display widget must not show up)."""
+    ours = {str(i) for i in page.evaluate(OURS)}
+    return {k: v for k, v in page.evaluate(PROMPT).items() if k in ours}
+
+
+def _assert_reports_shown_and_serialisation_unchanged(page, server, entry, before) -> None:
+    """web/sda_report.js puts each SDA node's "text" output into a read-only "report" widget after its own
+    widgets, and that widget is neither in the saved workflow's widgets_values nor in the API prompt."""
+    widgets_before, values_before, prompt_before = before
+    texts = {int(k): "\n\n".join(v["text"]) for k, v in entry["outputs"].items()
+             if v.get("text") and int(k) in {int(i) for i in widgets_before}}
+    assert texts, "no SDA node returned a text"
+    reports = {int(k): v for k, v in page.evaluate(REPORTS).items()}
+    for node_id, text in texts.items():
+        report = reports[node_id]
+        assert report is not None, f"node {node_id} has no report widget after execution"
+        assert report["value"] == text and text.strip(), f"node {node_id} shows {report['value'][:200]!r}"
+        assert report["visible"], f"node {node_id}: the report text area is not displayed"
+    widgets_after = {int(k): v for k, v in page.evaluate(OURS).items()}
+    for node_id, names in widgets_before.items():  # the node's own widgets first, unchanged; then display ones
+        after = widgets_after[node_id]
+        assert after[:len(names)] == names, f"node {node_id}: widgets {after}, before {names}"
+        if node_id in texts:
+            assert reports[node_id]["index"] >= len(names), f"node {node_id}: report before its own widgets: {after}"
+    assert page.evaluate(SERIALIZED) == values_before, "widgets_values of our nodes changed by execution"
+    assert _our_prompt(page) == prompt_before, "the API prompt of our nodes changed by execution"
+    saved = page.evaluate(SAVE_AND_RELOAD)  # a workflow saved after execution loads back to the same values
+    page.wait_for_timeout(500)
+    assert {n["id"]: n["widgets_values"] for n in saved["nodes"] if n["type"].startswith("SDA")} == {
+        int(k): v for k, v in values_before.items()}
+    assert page.evaluate(SERIALIZED) == values_before, "widgets_values changed by saving and reloading"
+    assert _our_prompt(page) == prompt_before, "the API prompt of our nodes changed by saving and reloading"
+    assert page.errors == [], f"page errors: {page.errors}"

@@ -88,6 +88,9 @@ def test_converted_values_are_the_described_ones(shipped, defs):
     ids = b.node_ids(flow)
     prompt = to_api(workflow, defs)
     for spec in flow.nodes:
+        if spec.type in VIRTUAL_TYPES:  # Notes stay in the UI
+            assert str(ids[spec.key]) not in prompt
+            continue
         node = prompt.get(str(ids[spec.key]))
         if node is None:
             assert spec.mode in (2, 4), f"{spec.key} is not muted or bypassed but was not sent"
@@ -203,6 +206,20 @@ def test_tiny_comparison_workflow_executes(comfy, defs, model_files):
     assert image.width * image.height >= sum(grid_areas), f"comparison {image.size} smaller than its grids"
     (table,) = _texts(prompt, outputs, "PreviewAny")
     assert "Turbo 8 steps" in table and "Turbo + SDA" in table and "LPIPS" in table, table
+
+
+def test_tiny_early_steps_workflow_executes(comfy, defs, model_files):
+    """Issue 7's workflow: four grids (baseline, SDA on all steps, on the first 2 and the first 4 steps) into
+    one comparison, whose table has a row per grid."""
+    prompt, outputs = _run_tiny(comfy, "sda_early_steps", defs)
+    grids = [i for i, n in prompt.items() if n["class_type"] == "SDASeedDiversityGrid"]
+    assert len(grids) == 4
+    (schedule_a, schedule_b) = _texts(prompt, outputs, "SDAScheduledAdapter")
+    (image,) = _saved_images(comfy, prompt, outputs)
+    assert image.width * image.height >= 4 * 4 * TINY_SIDE ** 2, f"comparison {image.size} cannot hold 4 grids"
+    (table,) = _texts(prompt, outputs, "PreviewAny")
+    for label in ("Turbo 8 steps", "SDA all 8 steps", "SDA steps 1-2", "SDA steps 1-4"):
+        assert label in table, table
 
 
 def _ui_images(items: list[dict[str, str]]) -> list[Image.Image]:
