@@ -95,8 +95,11 @@ _RUNTIME: Runtime | None = None
 
 
 def start(comfy_path: str | os.PathLike, argv: tuple[str, ...] = (), *, load_pack: Path | None = PACK_DIR,
-          before_nodes=None) -> Runtime:
+          before_nodes=None, user_model_paths: bool = True) -> Runtime:
     """Import ComfyUI from `comfy_path` with its command-line `argv` (e.g. '--cpu'), init its nodes, load this pack.
+
+    With `user_model_paths`, the checkout's extra_model_paths.yaml is read as main.py reads it, so models kept in
+    other folders are found headless too.
 
     `before_nodes(folder_paths)` runs after ComfyUI is imported and before any node is loaded (model folders).
     Only one ComfyUI can live in a process: a second call returns the first runtime.
@@ -121,13 +124,17 @@ def start(comfy_path: str | os.PathLike, argv: tuple[str, ...] = (), *, load_pac
 
     import comfy.utils
     import folder_paths
-    import utils.extra_config  # noqa: F401  (main.py does: ComfyUI's `utils` package before nodes.py puts
-    #                            comfy/ first on sys.path, where `utils` would be comfy/utils.py)
+    # ComfyUI's `utils` package before nodes.py puts comfy/ first on sys.path (where `utils` is comfy/utils.py),
+    # as main.py does
+    import utils.extra_config
     import nodes
 
     if Path(nodes.__file__).resolve().parent != comfy_path:
-        raise RuntimeError(f"imported the wrong `nodes` module ({nodes.__file__}); run from outside the pack folder")
+        raise RuntimeError(f"imported the wrong `nodes` module ({nodes.__file__}); is {comfy_path} ComfyUI?")
     comfy.utils.PROGRESS_BAR_ENABLED = False
+    extra = comfy_path / "extra_model_paths.yaml"
+    if user_model_paths and extra.is_file():
+        utils.extra_config.load_extra_path_config(str(extra))
     if before_nodes is not None:
         before_nodes(folder_paths)
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))

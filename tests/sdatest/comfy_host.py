@@ -72,7 +72,7 @@ def boot(comfy_path: Path) -> ComfyHost:
         folder_paths.set_output_directory(str(root / "output"))
         folder_paths.set_temp_directory(str(root / "temp"))
 
-    runtime = start(comfy_path, ("--cpu",), load_pack=None, before_nodes=folders)
+    runtime = start(comfy_path, ("--cpu",), load_pack=None, before_nodes=folders, user_model_paths=False)
     # Installed the way users install it: a folder in custom_nodes/ (here a link to this checkout).
     custom = root / "custom_nodes"
     custom.mkdir()
