@@ -131,3 +131,22 @@ def test_bad_inputs_are_clear_errors(comfy, lpips_weights):
     with pytest.raises(PromptFailed) as info:
         comfy.run(g.prompt())
     assert "squeezenet1_1-b8a52dc0.pth" in info.value.message and "lpips" in info.value.message
+
+
+def test_stochastic_sampler_runs_seed_by_seed_and_still_equals_ksampler(comfy, lpips_weights):
+    """euler_ancestral draws noise while sampling from one seed per batch: the grid must not batch it."""
+    seeds = [7, 8, 9]
+    g = Graph()
+    model, pos, neg, vae = _base(g)
+    _capture_grid(g, _grid(g, model, pos, neg, vae, seeds=seeds, batch_size=4, sampler_name="euler_ancestral"), "anc")
+    latent = g.add("EmptySD3LatentImage", width=SIZE, height=SIZE, batch_size=1)
+    for seed in seeds:
+        sampled = g.add("KSampler", model=model, seed=seed, steps=4, cfg=1.0, sampler_name="euler_ancestral",
+                        scheduler="simple", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+        g.add("SDATest_Capture", value=g.add("VAEDecode", samples=sampled, vae=vae), key=f"anc_ks_{seed}")
+    comfy.run(g.prompt())
+    images = registry.take("anc_images")
+    for k, seed in enumerate(seeds):
+        torch.testing.assert_close(images[k], registry.take(f"anc_ks_{seed}")[0], rtol=0, atol=1e-5)
+    report = json.loads(registry.take("anc_report"))
+    assert report["settings"]["batch_size"] == 1 and "one at a time" in report["settings"]["note"]
