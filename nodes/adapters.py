@@ -110,9 +110,10 @@ class SDAInvertTrainingAdapter(io.ComfyNode):
         lines = [f"applied at multiplier {-strength:g}", loaded.report()]
         if verify:
             worst, where = 0.0, None
+            original = host.original_weights(model)
             for target, module in loaded.placements:
                 host.throw_if_interrupted()
-                deviation = inversion_deviation(host.original_weight(model, target.param), module, target.rows, strength)
+                deviation = inversion_deviation(original(target.param), module, target.rows, strength)
                 if deviation >= worst:
                     worst, where = deviation, target.param
             lines.append(f"verify: +{strength:g} then −{strength:g} restores the weights to within {worst:.3g} "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -135,13 +135,17 @@ def apply_adapters(model, entries: Sequence[tuple[LoadedAdapter, float]]):
     return patched
 
 
-def original_weight(model, param: str) -> torch.Tensor:
-    """The model's weight before any patch ComfyUI may currently have merged into it."""
-    key = MODEL_PREFIX + param
-    backup = getattr(model, "backup", {}).get(key)
-    if backup is not None:
-        return backup.weight
-    return model.model.state_dict()[key]
+def original_weights(model) -> Callable[[str], torch.Tensor]:
+    """param -> the model's weight before any patch ComfyUI may currently have merged into it."""
+    state = model.model.state_dict()
+    backups = getattr(model, "backup", {})
+
+    def weight(param: str) -> torch.Tensor:
+        key = MODEL_PREFIX + param
+        backup = backups.get(key)
+        return backup.weight if backup is not None else state[key]
+
+    return weight
 
 
 def _register_lpips_folder() -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Mapping
 
 import torch
 from safetensors.torch import load_file
 
+from ..paths import PathEscapes, path_inside
 from .errors import AdapterError, AdapterFileMissing
 
 PICKLE_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
@@ -121,19 +121,10 @@ def check_finite(tensors: Mapping[str, torch.Tensor], label: str) -> None:
 
 def resolve_in_folder(root: str, name: str) -> str:
     """`name` (a widget's file name) joined onto the models folder `root`, refused if it leaves that folder."""
-    if not name or not str(name).strip():
-        raise AdapterError(f"no file name given; choose a file inside {root}")
-    name = str(name)
-    if os.path.isabs(name) or re.match(r"^[A-Za-z]:", name) or name.startswith(("/", "\\")):
-        raise AdapterError(f"{name}: absolute paths are refused (they would point outside the models folder "
-                           f"{root}); choose a file inside it")
-    if ".." in re.split(r"[\\/]", name):
-        raise AdapterError(f"{name}: '..' would escape to outside the models folder {root}; choose a file inside it")
-    root_real = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(root_real, name))
-    if os.path.commonpath([root_real, real]) != root_real:
-        raise AdapterError(f"{name}: resolves to {real}, outside the models folder {root} "
-                           "(a symlink pointing elsewhere?); refused")
+    try:
+        real = path_inside(root, name)
+    except PathEscapes as exc:
+        raise AdapterError(str(exc)) from None
     if not os.path.isfile(real):
         raise AdapterFileMissing(f"{name}: no such file in {root}")
     return real

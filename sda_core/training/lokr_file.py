@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from .config import X0_PROJECTION, SDAConfig
+from ..paths import PathEscapes, path_inside
 from .files import atomic_save_safetensors, reserve_new_path
 from .lokr import LoKrSet
 
@@ -67,14 +68,11 @@ def _algo_info(lokr: LoKrSet) -> dict[str, str]:
 
 
 def resolve_inside(root: str, name: str) -> str:
-    """Absolute path of `name` under `root`; ValueError if it escapes (.., absolute path, symlink)."""
-    if not name or name.strip() in {"", ".", ".."}:
-        raise ValueError(f"invalid file name {name!r}")
-    base = os.path.realpath(root)
-    target = os.path.realpath(os.path.join(base, name))
-    if os.path.commonpath([base, target]) != base or target == base:
-        raise ValueError(f"refusing to write {name!r}: it resolves outside the folder {root!r}")
-    return target
+    """Absolute path of a file to write under `root`; ValueError if it escapes (.., absolute path, symlink)."""
+    try:
+        return path_inside(root, name)
+    except PathEscapes as exc:
+        raise ValueError(f"refusing to write {name!r}: {exc}") from None
 
 
 def _encode(metadata: Mapping[str, Any]) -> dict[str, str]:
