@@ -1,8 +1,9 @@
 """Time and peak memory of one SDA training step: ours vs the published snippet taken literally.
 
 Ours (`sda_core.training.loop.train_step`): the no-grad forwards are batched (rollout z1+z2 in one
-forward per Euler step, teacher z1+z2 in one forward) and each grad term is back-propagated as soon as
-it exists. Reference: the card's snippet literally, one forward per prediction (rollout z1, rollout z2,
+forward per Euler step, teacher z1+z2 in one forward), the anchor and diversity forwards share one grad
+forward when no assistant adapter sets them apart, and a pure-anchor step (k >= div_skip) rolls out z1
+only. Reference: the card's snippet literally, one forward per prediction (rollout z1, rollout z2,
 teacher z1, teacher z2 separately) and one backward of the summed loss. Same process, same models,
 same per-step draws (prompt, seeds, k); steps interleaved so machine load hits both alike.
 
@@ -16,11 +17,13 @@ same initial weights on every call. Default: `sda_core.training.toy.tiny_dit_pro
 `--model comfy`: the tiny random-weight Z-Image of the integration tests inside ComfyUI (set
 COMFYUI_PATH), wired exactly as the SDA Train LoKr node wires it (--size/--batch apply).
 
-    python bench/train_step.py [--steps 24] [--threads 1] [--model pkg.mod:builder] [--dim 256 --size 32 ...]
-    COMFYUI_PATH=... python bench/train_step.py --model comfy
+    python bench/train_step.py [--steps 32] [--threads 1] [--model pkg.mod:builder] [--dim 256 --size 32 ...]
+    COMFYUI_PATH=... python bench/train_step.py --model comfy [--assistant]
 
-Both variants do the same FLOPs; batching saves per-forward overhead (and, on a GPU or with
-offloaded weights, weight traffic), so a compute-bound CPU run shows less than an overhead-bound one.
+Threads: torch's default (all cores, as ComfyUI runs) unless --threads says otherwise. Batching pays
+where one row leaves the device idle: several CPU threads or a GPU. On one CPU thread every op is
+compute-bound, batching saves only per-call overhead, and the ratio is lower (on a 2-core CPU: about
+1.2x at one thread, 1.4x at two).
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ TARGET_SPEEDUP = 1.3
 
 
 TINY = {"dim": 256, "n_layers": 2, "size": 32, "batch": 1}
+WITH_ASSISTANT = [False]  # --assistant (set by main)
 
 
 def default_builder() -> tuple[SDAModels, SDAConfig]:
@@ -74,13 +78,27 @@ def comfy_zimage_builder() -> tuple[SDAModels, SDAConfig]:
 
     training = sys.modules[nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__]
     student, teacher = tiny_models.tiny_zimage(0), tiny_models.tiny_zimage(1)
+    assistant = _tiny_assistant(training, student) if WITH_ASSISTANT[0] else None
     config = training.SDAConfig(steps=10**6, lr=1e-4, batch=TINY["batch"], latent_shape=(16, TINY["size"], TINY["size"]),
                                 shift=training.student_shift(student, 8))
     prompts = [tiny_models.tiny_conditioning(0), tiny_models.tiny_conditioning(2)]
     session = training.Session.open(student, teacher, config, training.lokr_targets(student, False), prompts, None,
-                                    None, False)
+                                    assistant, False)
     session.start()  # left open: the bench process ends with it
     return session.models, config
+
+
+def _tiny_assistant(training, student):
+    """A random LoRA on the tiny Z-Image's main layers, parsed onto the student as the node parses its assistant."""
+    import tempfile
+
+    from sdatest import adapter_files
+
+    folder = tempfile.mkdtemp(prefix="sda-bench-")
+    path = os.path.join(folder, "assistant.safetensors")
+    shapes = {k: tuple(v.shape) for k, v in student.model.diffusion_model.state_dict().items()}
+    adapter_files.write_lora(path, shapes, rank=4)
+    return training.host.load_adapter(path, training.host.model_layout(student), label="assistant")
 
 
 def _load_builder(spec: str | None) -> Callable[[], Any]:
@@ -187,14 +205,20 @@ class Runner:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="module:function returning the models, or 'comfy' (default: tiny DiT)")
-    ap.add_argument("--steps", type=int, default=24, help="timed steps per variant")
+    ap.add_argument("--steps", type=int, default=32, help="timed steps per variant (k cycles through the schedule)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--mem-steps", type=int, default=8, help="steps profiled for memory")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (0: torch's default); 1 keeps timings stable on a shared 2-core box")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0: torch's default, all cores, as ComfyUI runs)")
     for key, val in TINY.items():
         ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=val, help="default model only")
+    ap.add_argument("--assistant", action="store_true",
+                    help="--model comfy: train with an assistant adapter (its anchor and diversity forwards differ, "
+                         "so they cannot share one forward)")
     args = ap.parse_args(argv)
+    if args.assistant and args.model != "comfy":
+        raise SystemExit("--assistant needs --model comfy")
+    WITH_ASSISTANT[0] = args.assistant
     TINY.update({k: getattr(args, k) for k in TINY})
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -205,7 +229,8 @@ def main(argv=None) -> int:
         raise SystemExit("the reference step implements teacher cfg 1 only (the card's setting)")
     n_conds = len(ours.models.conds)
     params_n = sum(p.numel() for p in ours.params)
-    print(f"model: {args.model or f'tiny DiT {TINY}'}; LoKr params {params_n}; latent {cfg.latent_shape}, "
+    what = (args.model or f"tiny DiT {TINY}") + (" with an assistant adapter" if args.assistant else "")
+    print(f"model: {what}; LoKr params {params_n}; latent {cfg.latent_shape}, "
           f"batch {cfg.batch}, {cfg.student_steps} student steps, div_skip {cfg.div_skip}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
 
@@ -213,6 +238,7 @@ def main(argv=None) -> int:
     with torch.enable_grad():
         for i in range(args.warmup + args.steps):
             draw = draw_step(cfg, i, n_conds)
+            draw.k = i % cfg.student_steps  # k evenly over the schedule, the draw's expectation: no lucky short runs
             order = (ours, ref) if i % 2 == 0 else (ref, ours)
             times, losses = {}, {}
             for r in order:
@@ -239,7 +265,7 @@ def main(argv=None) -> int:
     tot_o, tot_r = sum(t_ours), sum(t_ref)
     speed = tot_r / tot_o
     peak_o, peak_r = max(m_ours), max(m_ref)
-    print(f"steps timed: {args.steps} (k drawn: {sorted(ks)})")
+    print(f"steps timed: {args.steps}, k = {sorted(ks)}")
     print(f"time/step  ours {1e3 * tot_o / len(t_ours):8.1f} ms (median {1e3 * med_o:.1f})   "
           f"reference {1e3 * tot_r / len(t_ref):8.1f} ms (median {1e3 * med_r:.1f})")
     print(f"peak torch CPU allocation per step (max over {args.mem_steps} steps, k=0..{cfg.student_steps - 1}): "

@@ -4,7 +4,8 @@ lokr        TrainableLoKr / LoKrSet / SlicedLoKr (LyCORIS maths, weight-wrapper 
 schedule    the student's flow sigmas (ComfyUI's simple scheduler, shift) and no-grad Euler rollout
 loss        the SDA terms, one pure function each;  step: the forwards that feed them
 loop        train(): per-step generators, AdamW on the LoKr, skip/diverge, interrupt, checkpoints
-checkpoint  resumable state as safetensors + JSON;  lokr_file: the LoKr file with full metadata
+checkpoint  resumable state as safetensors + JSON;  lokr_file: the LoKr file with full metadata (and
+            its tensors under LyCORIS's own names)
 evaluate    held-out direction alignment
 plot        loss curves (and eval LPIPS) as an IMAGE;  grad_checkpoint: block checkpointing that replays
             the adapter switches;  rope: autograd for a RoPE kernel that has none (ComfyUI 0.8's comfy-kitchen)
@@ -13,7 +14,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import X0_PROJECTION, SDAConfig, SDAModels
 from .evaluate import alignment
 from .lokr import LoKrSet, SlicedLoKr, TrainableLoKr
-from .lokr_file import save_lokr, training_metadata
+from .lokr_file import lycoris_state_dict, save_lokr, training_metadata
 from .loop import TrainingDiverged, TrainResult, train
 from .schedule import flow_sigmas, rollout
 from .step import LossTerms, sda_loss
@@ -23,7 +24,7 @@ __all__ = [
     "SDAConfig", "SDAModels", "X0_PROJECTION",
     "alignment",
     "LoKrSet", "SlicedLoKr", "TrainableLoKr",
-    "save_lokr", "training_metadata",
+    "lycoris_state_dict", "save_lokr", "training_metadata",
     "TrainingDiverged", "TrainResult", "train",
     "flow_sigmas", "rollout",
     "LossTerms", "sda_loss",

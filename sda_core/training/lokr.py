@@ -81,14 +81,18 @@ class TrainableLoKr(nn.Module):
         return weight + self.delta().reshape(weight.shape).to(weight)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Factors under the names LyCORIS/ComfyUI files use (no alpha for a full w1, w2: it is ignored)."""
+        """Factors under the names LyCORIS/ComfyUI files use, and alpha.
+
+        With full w1 and w2 every loader uses scale 1 whatever alpha says, but LyCORIS's loader refuses a
+        LoKr without one: alpha 1 is written, the scale it stands for.
+        """
         out = {"lokr_w1": self.w1.detach()}
         if self.w2 is not None:
             out["lokr_w2"] = self.w2.detach()
         else:
             out["lokr_w2_a"] = self.w2_a.detach()
             out["lokr_w2_b"] = self.w2_b.detach()
-            out["alpha"] = torch.tensor(self.alpha)
+        out["alpha"] = torch.tensor(1.0 if self.alpha is None else self.alpha)
         return out
 
     def extra_repr(self) -> str:

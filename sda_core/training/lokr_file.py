@@ -18,10 +18,14 @@ from ..paths import PathEscapes, path_inside
 from .files import atomic_save_safetensors, reserve_new_path
 from .lokr import LoKrSet
 
-__all__ = ["FORMAT_VERSION", "KEY_PREFIX", "save_lokr", "training_metadata", "lokr_file_tensors", "resolve_inside"]
+__all__ = [
+    "FORMAT_VERSION", "KEY_PREFIX", "save_lokr", "training_metadata", "lokr_file_tensors", "lycoris_state_dict",
+    "resolve_inside",
+]
 
 FORMAT_VERSION = "1"
 KEY_PREFIX = "diffusion_model."
+_ROLES = frozenset({"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"})  # what TrainableLoKr writes
 
 
 def training_metadata(config: SDAConfig, steps_done: int, base_model: str, **extra: Any) -> dict[str, Any]:
@@ -46,6 +50,24 @@ def lokr_file_tensors(lokr: LoKrSet, dtype: torch.dtype | None = None) -> dict[s
     for name, m in lokr.items():
         for key, t in m.state_tensors().items():
             out[f"{KEY_PREFIX}{name}.{key}"] = t if (dtype is None or key == "alpha") else t.to(dtype)
+    return out
+
+
+def lycoris_state_dict(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The saved file's tensors under LyCORIS's own names (`lycoris_layers_0_attention_to_q.lokr_w1`).
+
+    The file keeps the names ComfyUI and diffusers map; LyCORIS's `create_lycoris_from_weights` only
+    matches `lycoris_<module path with _>` against the wrapped module, here a diffusers Z-Image
+    transformer: pass it `weights_sd=lycoris_state_dict(load_file(path))`.
+    """
+    out = {}
+    for key, t in tensors.items():
+        if not key.startswith(KEY_PREFIX):
+            raise ValueError(f"not an SDA LoKr key (it should start with {KEY_PREFIX!r}): {key!r}")
+        module, _, role = key[len(KEY_PREFIX):].rpartition(".")
+        if not module or role not in _ROLES:
+            raise ValueError(f"not an SDA LoKr key (a module, then one of {sorted(_ROLES)}): {key!r}")
+        out[f"lycoris_{module.replace('.', '_')}.{role}"] = t
     return out
 
 

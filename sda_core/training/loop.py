@@ -19,6 +19,7 @@ import torch
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import SDAConfig, SDAModels
 from .schedule import flow_sigmas, rollout
+from .loss import uses_diversity
 from .step import LossTerms, sda_loss
 
 __all__ = ["train", "train_step", "make_optimizer", "TrainResult", "TrainingDiverged", "StepDraw", "draw_step", "step_seed"]
@@ -78,7 +79,9 @@ def train_step(
     conds = [models.conds[i] for i in draw.cond_indices]
     z1, z2 = draw.z1.to(models.device), draw.z2.to(models.device)
     optimizer.zero_grad(set_to_none=True)
-    x_t1, x_t2 = rollout(models.student, [z1, z2], sigmas, draw.k, conds, models.batch_conds)
+    zs = [z1, z2] if uses_diversity(draw.k, config.div_skip) else [z1]  # a pure-anchor step never reads z2
+    x_t1, *x_t2 = rollout(models.student, zs, sigmas, draw.k, conds, models.batch_conds)
+    x_t2 = x_t2[0] if x_t2 else None
     terms = sda_loss(models, config, x_t1, x_t2, float(sigmas[draw.k]), draw.k, conds, backward=True)
     if not torch.isfinite(terms.total):
         return terms, False

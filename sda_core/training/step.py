@@ -2,12 +2,14 @@
 
 Forwards per step at x_t(z1), x_t(z2) (both on the student's own trajectory, see `schedule.rollout`):
   baseline   student, LoKr disabled, assistant on     no grad   z1
-  anchor     student, LoKr on,       assistant on     grad      z1
   teacher    teacher (cfg: pos+neg in the same batch) no grad   z1 and z2 in ONE forward   (k < div_skip)
+  anchor     student, LoKr on,       assistant on     grad      z1
   diversity  student, LoKr on,       assistant OFF    grad      z2                         (k < div_skip)
-With `backward=True` each grad term is back-propagated as soon as it exists, so the anchor's graph is
-freed before the diversity forward builds its own (the terms share no graph: x0_S(z1) is detached).
-The result equals one backward of their sum.
+Without an assistant adapter, anchor and diversity run the same weights: they are ONE forward over
+z1 and z2 and one backward. With one, the two forwards differ (assistant on / off); with
+`backward=True` the anchor is back-propagated before the diversity forward builds its graph (the terms
+share no graph: x0_S(z1) is detached). Either way the gradient equals one backward of the sum.
+On a pure-anchor step (k >= div_skip) x_t(z2) is not needed and may be None.
 """
 from __future__ import annotations
 
@@ -61,11 +63,18 @@ def teacher_x0(
     return list(x0.split(rows, dim=0))
 
 
+def _student_x0(models: SDAModels, xs: Sequence[torch.Tensor], sigma: float, conds: Sequence[Any]) -> list[torch.Tensor]:
+    """Student x0 for each x in `xs` in ONE forward, in the current grad mode."""
+    x = torch.cat(list(xs), dim=0)
+    x0 = forward_batched(models.student, x, _sigma_rows(sigma, x), list(conds) * len(xs), models.batch_conds)
+    return list(x0.float().split(xs[0].shape[0], dim=0))
+
+
 def sda_loss(
     models: SDAModels,
     config: SDAConfig,
     x_t1: torch.Tensor,
-    x_t2: torch.Tensor,
+    x_t2: torch.Tensor | None,
     sigma: float,
     k: int,
     conds: Sequence[Any],
@@ -74,37 +83,57 @@ def sda_loss(
     """The SDA loss at schedule step k (sigma = sigmas[k]) for noises z1, z2 already rolled to x_t1, x_t2.
 
     `conds[i]` conditions row i of both. With backward=True, gradients land in the LoKr params here and
-    the returned terms are detached; a non-finite anchor stops the step early (total is then NaN/inf).
+    the returned terms are detached; a non-finite loss is not back-propagated (total is then NaN/inf).
     """
-    sig = _sigma_rows(sigma, x_t1)
-    student = models.student
-    bc = models.batch_conds
-
     with torch.no_grad(), models.lokr.disabled():
-        x0_base = forward_batched(student, x_t1, sig, conds, bc).float()
-    v_base = L.velocity_from_x0(x_t1, x0_base, sig)
+        (x0_base,) = _student_x0(models, [x_t1], sigma, conds)
+    v_base = L.velocity_from_x0(x_t1, x0_base, sigma)
+    diversity = L.uses_diversity(k, config.div_skip)
+    if diversity and x_t2 is None:
+        raise ValueError(f"step {k} < div_skip {config.div_skip} uses the diversity term and needs x_t(z2)")
 
+    if diversity and models.assistant is None:
+        return _joint(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward)
+    return _anchor_then_diversity(models, config, x_t1, x_t2 if diversity else None, v_base, sigma, k, conds,
+                                  backward)
+
+
+def _anchor_then_diversity(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward) -> LossTerms:
+    """Anchor forward (assistant on), then, when x_t2 is given, the diversity forward with the assistant OFF."""
     with torch.enable_grad():
-        x0_pol = forward_batched(student, x_t1, sig, conds, bc).float()
-        v_pol = L.velocity_from_x0(x_t1, x0_pol, sig)
+        (x0_pol,) = _student_x0(models, [x_t1], sigma, conds)
+        v_pol = L.velocity_from_x0(x_t1, x0_pol, sigma)
         sft = L.anchor_loss(v_pol, v_base, config.huber_delta)
     if backward:
         if not torch.isfinite(sft):
             return LossTerms(sft.detach(), sft.detach(), None, k, float(sigma))
         sft.backward()
         sft = sft.detach()
-
-    if not L.uses_diversity(k, config.div_skip):
+    if x_t2 is None:
         return LossTerms(L.combine(sft, None, config.lambda_div), sft, None, k, float(sigma))
-
     x0_t1, x0_t2 = teacher_x0(models, [x_t1, x_t2], sigma, conds, config.teacher_cfg)
     masked = models.assistant() if models.assistant is not None else contextlib.nullcontext()
     with torch.enable_grad():
         with masked:  # assistant OFF exactly for this forward: the raw collapsed manifold
-            x0_s2 = forward_batched(student, x_t2, sig, conds, bc).float()
-        x0_s1 = L.policy_x0_detached(x_t1, v_pol, sig)
-        div = L.diversity_loss(x0_s1, x0_s2, x0_t1, x0_t2, config.pool_kernel)
+            (x0_s2,) = _student_x0(models, [x_t2], sigma, conds)
+        div = L.diversity_loss(L.policy_x0_detached(x_t1, v_pol, sigma), x0_s2, x0_t1, x0_t2, config.pool_kernel)
     if backward:
         (config.lambda_div * div).backward()
         div = div.detach()
     return LossTerms(L.combine(sft, div, config.lambda_div), sft, div, k, float(sigma))
+
+
+def _joint(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward) -> LossTerms:
+    """No assistant: anchor (z1) and diversity (z2) run the same weights, so ONE grad forward and one backward."""
+    x0_t1, x0_t2 = teacher_x0(models, [x_t1, x_t2], sigma, conds, config.teacher_cfg)
+    with torch.enable_grad():
+        x0_pol, x0_s2 = _student_x0(models, [x_t1, x_t2], sigma, conds)
+        v_pol = L.velocity_from_x0(x_t1, x0_pol, sigma)
+        sft = L.anchor_loss(v_pol, v_base, config.huber_delta)
+        div = L.diversity_loss(L.policy_x0_detached(x_t1, v_pol, sigma), x0_s2, x0_t1, x0_t2, config.pool_kernel)
+        total = L.combine(sft, div, config.lambda_div)
+    if backward:
+        if torch.isfinite(total):
+            total.backward()
+        total, sft, div = total.detach(), sft.detach(), div.detach()
+    return LossTerms(total, sft, div, k, float(sigma))

@@ -57,7 +57,8 @@ def test_init_like_lycoris_zero_delta_kaiming_w1():
     assert torch.count_nonzero(m.delta()) == 0  # w2 zeros: training starts from the base model exactly
     bound = 1 / math.sqrt(m.w1.shape[1])  # kaiming_uniform(a=sqrt 5) bound = 1/sqrt(fan_in)
     assert m.w1.abs().max() <= bound and m.w1.abs().max() > 0.3 * bound
-    assert set(m.state_tensors()) == {"lokr_w1", "lokr_w2"}
+    st = m.state_tensors()
+    assert set(st) == {"lokr_w1", "lokr_w2", "alpha"} and float(st["alpha"]) == 1.0  # full: scale 1
 
 
 def test_forward_adds_delta_in_weight_dtype_and_disabled_is_identity():

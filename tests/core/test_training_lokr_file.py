@@ -39,11 +39,12 @@ def test_round_trip_keys_shapes_values_and_metadata(tmp_path):
     path = save_lokr(str(tmp_path / "sda"), lokr, _meta(cfg))
     assert path == str(tmp_path / "sda.safetensors")
     tensors, meta = _read(path)
-    expected = {f"diffusion_model.{n}.{k}" for n in SHAPES for k in ("lokr_w1", "lokr_w2")}
+    expected = {f"diffusion_model.{n}.{k}" for n in SHAPES for k in ("lokr_w1", "lokr_w2", "alpha")}
     assert set(tensors) == expected
     for n, m in lokr.items():
         assert torch.equal(tensors[f"diffusion_model.{n}.lokr_w1"], m.w1.detach())
         assert torch.equal(tensors[f"diffusion_model.{n}.lokr_w2"], m.w2.detach())
+        assert tensors[f"diffusion_model.{n}.alpha"].item() == 1.0  # LyCORIS needs one; full factors: scale 1
     assert tensors["diffusion_model.layers.0.feed_forward.w1.lokr_w1"].shape == (8, 8)
     assert tensors["diffusion_model.layers.0.feed_forward.w1.lokr_w2"].shape == (21, 8)
     assert json.loads(meta["sda_config"]) == cfg.to_dict()
@@ -104,3 +105,57 @@ def test_names_may_not_escape_the_folder(tmp_path):
     ok = save_lokr("sda/mine", lokr, {}, root=str(root))
     assert ok == str(root / "sda" / "mine.safetensors") and os.path.isfile(ok)
     assert sorted(os.listdir(tmp_path)) == ["loras"]
+
+
+class _DiffusersZImageBlock(torch.nn.Module):
+    """diffusers' Z-Image block names (attention.to_q/to_k/to_v/to_out.0, feed_forward.w1/w2/w3): what LyCORIS wraps."""
+
+    def __init__(self, dim=64, hidden=168):
+        super().__init__()
+        self.attention = torch.nn.Module()
+        for n in ("to_q", "to_k", "to_v"):
+            setattr(self.attention, n, torch.nn.Linear(dim, dim, bias=False))
+        self.attention.to_out = torch.nn.ModuleList([torch.nn.Linear(dim, dim, bias=False), torch.nn.Dropout(0.0)])
+        self.feed_forward = torch.nn.Module()
+        self.feed_forward.w1 = torch.nn.Linear(dim, hidden, bias=False)
+        self.feed_forward.w2 = torch.nn.Linear(hidden, dim, bias=False)
+        self.feed_forward.w3 = torch.nn.Linear(dim, hidden, bias=False)
+
+
+@pytest.mark.parametrize("rank", [None, 2])  # LyCORIS turns rank >= half of w2's larger side into full
+def test_lycoris_loads_the_saved_file_and_merges_our_deltas(tmp_path, rank):
+    from lycoris import create_lycoris_from_weights
+    from safetensors.torch import load_file
+
+    from sda_core.training import lycoris_state_dict
+
+    lokr = LoKrSet.build(SHAPES, rank=rank, seed=2)
+    with torch.no_grad():
+        for p in lokr.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    path = save_lokr(str(tmp_path / "sda"), lokr, _meta())
+    transformer = torch.nn.Module()
+    transformer.layers = torch.nn.ModuleList([_DiffusersZImageBlock()])
+    before = {n: p.detach().clone() for n, p in transformer.named_parameters()}
+
+    # the file as saved: LyCORIS matches nothing (it reads only lycoris_ names) — hence the helper
+    network, _ = create_lycoris_from_weights(1.0, None, transformer, weights_sd=load_file(path))
+    assert len(network.loras) == 0
+    network, _ = create_lycoris_from_weights(1.0, None, transformer, weights_sd=lycoris_state_dict(load_file(path)))
+    assert len(network.loras) == len(SHAPES)
+    network.merge_to(1.0)
+    for name, m in lokr.items():
+        merged = dict(transformer.named_parameters())[f"{name}.weight"]
+        assert torch.allclose(merged - before[f"{name}.weight"], m.delta().detach(), atol=1e-6), name
+
+
+def test_lycoris_names_refuse_keys_that_are_not_ours():
+    from sda_core.training import lycoris_state_dict
+
+    t = torch.zeros(1)
+    assert set(lycoris_state_dict({"diffusion_model.layers.0.attention.to_out.0.lokr_w1": t})) == {
+        "lycoris_layers_0_attention_to_out_0.lokr_w1"}
+    with pytest.raises(ValueError, match="should start with 'diffusion_model.'"):
+        lycoris_state_dict({"transformer.layers.0.attention.to_q.lokr_w1": t})
+    with pytest.raises(ValueError, match="not an SDA LoKr key"):
+        lycoris_state_dict({"diffusion_model.layers.0.attention.to_q.lora_up.weight": t})

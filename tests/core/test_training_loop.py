@@ -10,7 +10,8 @@ from safetensors import safe_open
 from sda_core.training import (
     Checkpoint, TrainingDiverged, alignment, load_checkpoint, save_checkpoint, train,
 )
-from sda_core.training.loop import draw_step, step_seed
+from sda_core.training.loop import draw_step, make_optimizer, step_seed, train_step
+from sda_core.training.schedule import flow_sigmas
 from sdatest.toy_training import tiny_dit_problem, toy_problem
 
 
@@ -67,6 +68,28 @@ def test_draws_are_per_step_and_reproducible():
     c = draw_step(cfg, 5, 3)  # the global RNG plays no part
     assert c.seeds == a.seeds
     assert step_seed(0, 1) != step_seed(1, 0)
+
+
+def test_only_a_diversity_step_rolls_z2_out():
+    tp = toy_problem()
+    cfg = tp.config
+    rows = []
+
+    def student(x, sigma, cond):
+        rows.append((torch.is_grad_enabled(), x.shape[0]))
+        return tp.student(x, sigma, cond)
+
+    models = dataclasses.replace(tp.models, student=student)
+    params = list(models.lokr.parameters())
+    opt = make_optimizer(params, cfg)
+    sigmas = flow_sigmas(cfg.student_steps, cfg.shift)
+    for k, rollout_rows in ((cfg.div_skip, cfg.batch), (3, 2 * cfg.batch)):
+        draw = draw_step(cfg, 0, len(models.conds))
+        draw.k = k
+        rows.clear()
+        terms, ok = train_step(models, cfg, draw, sigmas, opt, params)
+        assert ok and (terms.diversity is None) == (k >= cfg.div_skip)
+        assert rows[:k] == [(False, rollout_rows)] * k  # the no-grad rollout, z2 only when the loss reads it
 
 
 class GlobalNoise:

@@ -1,4 +1,5 @@
 """Each SDA term against what SDA.md says: sign, pooling, detach, masking, time segmentation, Huber delta."""
+import contextlib
 import dataclasses
 
 import pytest
@@ -134,6 +135,53 @@ def test_forwards_and_masking_per_term():
     assert tp.assistant.enabled and tp.models.lokr["mix"].enabled  # both restored
 
 
+def test_without_an_assistant_anchor_and_diversity_are_one_grad_forward():
+    tp, log, _ = _spied(with_assistant=False)
+    x1, x2, s, conds = _inputs(tp, 3)
+    log.clear()
+    terms = sda_loss(tp.models, tp.config, x1, x2, s, 3, conds)
+    assert [(r["who"], r["rows"], r["grad"], r["lokr"]) for r in log] == [
+        ("student", 2, False, False),  # baseline
+        ("teacher", 4, False, True),   # teacher z1 + z2
+        ("student", 4, True, True),    # anchor (z1) and diversity (z2): same weights, ONE forward
+    ]
+    pol, s2 = log[2]["out"].split(2)
+    assert torch.equal(log[2]["out"], tp.student(torch.cat([x1, x2]), torch.full((4,), s), torch.cat(conds * 2)))
+    t1, t2 = teacher_x0(tp.models, [x1, x2], s, conds)
+    assert torch.allclose(terms.diversity, L.direction_loss(s2 - pol, t2 - t1, 8))
+
+
+def test_one_grad_forward_equals_the_two_separate_ones():
+    """Same terms and LoKr gradient as the anchor-then-diversity path (forced by a no-op assistant switch)."""
+    tp, _, _ = _spied(with_assistant=False)
+    x1, x2, s, conds = _inputs(tp, 2)
+    w = list(tp.models.lokr.parameters())
+    joint = sda_loss(tp.models, tp.config, x1, x2, s, 2, conds)
+    g_joint = torch.autograd.grad(joint.total, w)
+    separate_models = dataclasses.replace(tp.models, assistant=contextlib.nullcontext)
+    separate = sda_loss(separate_models, tp.config, x1, x2, s, 2, conds)
+    g_sep = torch.autograd.grad(separate.total, w)
+    for a, b in ((joint.anchor, separate.anchor), (joint.diversity, separate.diversity), (joint.total, separate.total)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in g_sep)
+    for a, b in zip(g_joint, g_sep):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    for p in w:  # backward=True lands the same gradient in .grad
+        p.grad = None
+    sda_loss(tp.models, tp.config, x1, x2, s, 2, conds, backward=True)
+    for p, g in zip(w, g_joint):
+        assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-7)
+
+
+def test_a_diversity_step_needs_x_t2_a_pure_anchor_step_does_not():
+    tp, _, _ = _spied()
+    x1, _, s, conds = _inputs(tp, 7)
+    assert sda_loss(tp.models, tp.config, x1, None, s, 7, conds).diversity is None
+    x1, _, s, conds = _inputs(tp, 2)
+    with pytest.raises(ValueError, match="needs x_t\\(z2\\)"):
+        sda_loss(tp.models, tp.config, x1, None, s, 2, conds)
+
+
 def test_assistant_and_lokr_restored_when_a_forward_raises():
     tp, _, student = _spied()
     x1, x2, s, conds = _inputs(tp, 2)
@@ -173,7 +221,8 @@ def test_anchor_is_huber_of_velocities_at_0_08():
     x1, x2, s, conds = _inputs(tp, 4)
     log.clear()
     terms = sda_loss(tp.models, tp.config, x1, x2, s, 4, conds)
-    base, pol = log[0]["out"], log[1]["out"]
+    base = log[0]["out"]
+    pol = next(r["out"] for r in log if r["grad"])[: x1.shape[0]]  # the z1 rows of the policy forward
     v_pol, v_base = (x1 - pol) / s, (x1 - base) / s
     assert torch.allclose(terms.anchor, F.huber_loss(v_pol, v_base, delta=0.08))
     assert not torch.allclose(terms.anchor, F.huber_loss(v_pol, v_base, delta=1.0))
