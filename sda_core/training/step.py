@@ -65,7 +65,7 @@ def teacher_x0(
 
 def _student_x0(models: SDAModels, xs: Sequence[torch.Tensor], sigma: float, conds: Sequence[Any]) -> list[torch.Tensor]:
     """Student x0 for each x in `xs` in ONE forward, in the current grad mode."""
-    x = torch.cat(list(xs), dim=0)
+    x = xs[0] if len(xs) == 1 else torch.cat(list(xs), dim=0)
     x0 = forward_batched(models.student, x, _sigma_rows(sigma, x), list(conds) * len(xs), models.batch_conds)
     return list(x0.float().split(xs[0].shape[0], dim=0))
 
