@@ -12,12 +12,16 @@ Search order for `load_lpips(net, search_dirs)`:
         vgg     -> vgg16-397923af.pth          or vgg16.safetensors
         squeeze -> squeezenet1_1-b8a52dc0.pth  or squeezenet1_1.safetensors
   2. torchvision's cache, `$TORCH_HOME/hub/checkpoints/<torchvision file name>`;
-  3. torchvision's download URL (hash-checked, lands in that cache).
+  3. torchvision's download URL (hash-checked, with a timeout, lands in that cache).
 `.pth` files are read with `torch.load(weights_only=True)` only: no pickled code runs.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import urllib.parse
+import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,8 @@ from typing import Sequence
 
 import lpips
 import torch
+
+from ..atomic import atomic_path
 
 
 class LPIPSWeightsError(RuntimeError):
@@ -109,15 +115,43 @@ def _missing_message(net: str, search_dirs: Folders, reason: str) -> str:
     )
 
 
-def download_state_dict(net: str, search_dirs: Folders = ()) -> dict[str, torch.Tensor]:
-    """torchvision's hash-checked download into the hub cache, or LPIPSWeightsError."""
+DOWNLOAD_TIMEOUT_S = 30.0
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.pth$")  # torchvision names its files <name>-<sha256 prefix>.pth
+
+
+def download_state_dict(
+    net: str,
+    search_dirs: Folders = (),
+    *,
+    url: str | None = None,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+) -> dict[str, torch.Tensor]:
+    """torchvision's file into its hub cache, hash-checked and atomic, or LPIPSWeightsError.
+
+    Unlike torch.hub's download this one has a `timeout` (seconds without a byte): behind a firewall that
+    drops packets, a node would otherwise wait for ever instead of saying where to put the file.
+    """
+    url = url or _backbone(net).url
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(url).path)
     try:
-        return torch.hub.load_state_dict_from_url(
-            _backbone(net).url, map_location="cpu", progress=False, check_hash=True, weights_only=True
-        )
+        _fetch(url, dest, timeout)
     except Exception as e:
-        reason = f"no file found and the download failed, probably offline: {type(e).__name__}: {e}"
+        reason = f"no file found and the download of {url} failed, probably offline: {type(e).__name__}: {e}"
         raise LPIPSWeightsError(_missing_message(net, search_dirs, reason)) from e
+    return read_state_dict(dest)
+
+
+def _fetch(url: str, dest: Path, timeout: float) -> None:
+    expected = _HASH_IN_NAME.search(dest.name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with atomic_path(dest) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+        out.flush()
+        if expected and not digest.hexdigest().startswith(expected.group(1)):
+            raise ValueError(f"sha256 {digest.hexdigest()[:12]}… does not match the {expected.group(1)} in its name")
 
 
 def load_backbone(model: lpips.LPIPS, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
@@ -162,8 +196,7 @@ def load_lpips(
     """LPIPS model with real backbone weights, frozen and in eval mode.
 
     Cached per (net, device, file) and shared between callers: do not modify it. Raises
-    LPIPSWeightsError when no file is found and the download fails or is not allowed (torch's
-    download has no timeout, so callers that know they are offline should pass False).
+    LPIPSWeightsError when no file is found and the download fails, times out or is not allowed.
     """
     device = torch.device(device if device is not None else "cpu")
     path = find_backbone_file(net, search_dirs)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
 from safetensors.torch import save_file
+
+from ..atomic import atomic_path
 
 __all__ = ["atomic_save_safetensors", "reserve_new_path"]
 
@@ -15,27 +16,13 @@ def _prepare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
 
 
-def atomic_save_safetensors(
-    tensors: dict[str, torch.Tensor],
-    path: str,
-    metadata: dict[str, str],
-    replace: bool = True,
-) -> None:
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
     """Write to a temp file in the same folder, then os.replace onto `path` (which is then complete or absent).
 
-    replace=False expects `path` to be a placeholder this process created (see `reserve_new_path`).
+    Replaces whatever `path` holds: callers that must not overwrite claim a new name first (`reserve_new_path`).
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".sda-", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(_prepare(tensors), tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users of a shared models folder
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def reserve_new_path(path: str) -> str:
