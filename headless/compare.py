@@ -9,7 +9,7 @@ From the pack folder (custom_nodes/comfyui-sda), on a machine with the weights a
 
 Every prompt runs as one ComfyUI prompt: a Seed Diversity Grid per model and a Diversity Compare, saved as
 images; the scores of all prompts are averaged per model into `table.md` and `table.json` (recovery from the
-averages, as the card computes it).
+averages, as the card computes it; `table_1.md` … when the folder already holds tables: none is overwritten).
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from sda_core.atomic import atomic_write_text, reserve_new_path
 
 DEFAULTS = {"unet": "z_image_turbo_bf16.safetensors", "clip": "qwen_3_4b.safetensors", "vae": "ae.safetensors",
             "clip_type": "lumina2"}
@@ -194,9 +196,12 @@ def main(argv: Sequence[str] | None = None, runtime=None) -> dict[str, Any]:
     summary = aggregate(per_prompt, labels, args.baseline, args.teacher)
     summary["per_prompt"] = per_prompt
     table = markdown(summary, args.baseline)
-    (out / "table.md").write_text(table + "\n\n" + "\n".join(tables), encoding="utf-8")
-    (out / "table.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    print(table)
+    md = reserve_new_path(out / "table.md")  # a second run beside the first never overwrites it
+    atomic_write_text(md, table + "\n\n" + "\n".join(tables))
+    js = reserve_new_path(Path(md).with_suffix(".json"))
+    atomic_write_text(js, json.dumps(summary, indent=2))
+    summary["files"] = [md, js]
+    print(f"{table}\n\ntables: {md}, {js}")
     return summary
 
 

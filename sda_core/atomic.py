@@ -7,7 +7,7 @@ import os
 import tempfile
 from typing import Iterator
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "atomic_write_text", "reserve_new_path"]
 
 
 @contextlib.contextmanager
@@ -27,3 +27,28 @@ def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[str]:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """UTF-8 text through `atomic_path`."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def reserve_new_path(path: str | os.PathLike) -> str:
+    """Create an empty placeholder at `path`, or `stem_1.ext`, `stem_2.ext`…: the first name nobody holds.
+
+    O_CREAT|O_EXCL makes the claim race-free, so two saves never write the same name.
+    """
+    path = os.fspath(path)
+    stem, ext = os.path.splitext(path)
+    n = 0
+    while True:
+        candidate = path if n == 0 else f"{stem}_{n}{ext}"
+        try:
+            fd = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            n += 1
+            continue
+        os.close(fd)
+        return candidate

@@ -14,8 +14,9 @@ from typing import Any, Mapping
 import torch
 
 from .config import X0_PROJECTION, SDAConfig
+from ..atomic import reserve_new_path
 from ..paths import PathEscapes, path_inside
-from .files import atomic_save_safetensors, reserve_new_path
+from .files import atomic_save_safetensors
 from .lokr import LoKrSet
 
 __all__ = [

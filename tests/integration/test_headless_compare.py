@@ -66,6 +66,8 @@ class _TinyRuntime:
 
 def test_run_writes_tables_with_means_and_recovery(comfy, files, tmp_path):
     out = tmp_path / "table"
+    out.mkdir()
+    (out / "table.md").write_text("an earlier run's table")
     args = ["--prompt", "a red car", "--prompt", "a portrait", "--seed-list", "1,2,3", "--width", "64",
             "--height", "64", "--baseline", "turbo", "--teacher", "teacher", "--out", str(out)]
     for m in MODELS:
@@ -78,6 +80,10 @@ def test_run_writes_tables_with_means_and_recovery(comfy, files, tmp_path):
     m = summary["means"]
     expected = (m["sda"]["avg_lpips"] - m["turbo"]["avg_lpips"]) / (m["teacher"]["avg_lpips"] - m["turbo"]["avg_lpips"])
     assert summary["recovery"]["sda"] == pytest.approx(expected)
-    table = (out / "table.md").read_text()
+    assert summary["files"] == [str(out / "table_1.md"), str(out / "table_1.json")]
+    assert (out / "table.md").read_text() == "an earlier run's table"  # never overwritten
+    table = (out / "table_1.md").read_text()
     assert "| sda |" in table and f"Recovery of sda = {expected * 100:.1f} %" in table
-    assert json.loads((out / "table.json").read_text())["means"]["teacher"]["pixel_std"] > 0
+    assert json.loads((out / "table_1.json").read_text())["means"]["teacher"]["pixel_std"] > 0
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("table", ".sda-"))) == \
+        ["table.md", "table_1.json", "table_1.md"]  # no temp file left
