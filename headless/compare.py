@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from sda_core.atomic import atomic_write_text, reserve_new_path
+from sda_core.atomic import atomic_write_text, claim_new_path
 
 DEFAULTS = {"unet": "z_image_turbo_bf16.safetensors", "clip": "qwen_3_4b.safetensors", "vae": "ae.safetensors",
             "clip_type": "lumina2"}
@@ -196,10 +196,10 @@ def main(argv: Sequence[str] | None = None, runtime=None) -> dict[str, Any]:
     summary = aggregate(per_prompt, labels, args.baseline, args.teacher)
     summary["per_prompt"] = per_prompt
     table = markdown(summary, args.baseline)
-    md = reserve_new_path(out / "table.md")  # a second run beside the first never overwrites it
-    atomic_write_text(md, table + "\n\n" + "\n".join(tables))
-    js = reserve_new_path(Path(md).with_suffix(".json"))
-    atomic_write_text(js, json.dumps(summary, indent=2))
+    with claim_new_path(out / "table.md") as md:  # a second run beside the first never overwrites it
+        atomic_write_text(md, table + "\n\n" + "\n".join(tables))
+    with claim_new_path(Path(md).with_suffix(".json")) as js:
+        atomic_write_text(js, json.dumps(summary, indent=2))
     summary["files"] = [md, js]
     print(f"{table}\n\ntables: {md}, {js}")
     return summary

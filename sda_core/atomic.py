@@ -7,7 +7,7 @@ import os
 import tempfile
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write_text", "reserve_new_path"]
+__all__ = ["atomic_path", "atomic_write_text", "reserve_new_path", "claim_new_path"]
 
 
 @contextlib.contextmanager
@@ -52,3 +52,16 @@ def reserve_new_path(path: str | os.PathLike) -> str:
             continue
         os.close(fd)
         return candidate
+
+
+@contextlib.contextmanager
+def claim_new_path(path: str | os.PathLike) -> Iterator[str]:
+    """A name nobody holds (`reserve_new_path`) for the block to fill, atomically; if the block fails, its
+    empty placeholder goes too, so a failed save leaves nothing behind."""
+    claimed = reserve_new_path(path)
+    try:
+        yield claimed
+    except BaseException:
+        if os.path.exists(claimed) and os.path.getsize(claimed) == 0:
+            os.remove(claimed)
+        raise

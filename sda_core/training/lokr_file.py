@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from .config import X0_PROJECTION, SDAConfig
-from ..atomic import reserve_new_path
+from ..atomic import claim_new_path
 from ..paths import PathEscapes, path_inside
 from .files import atomic_save_safetensors
 from .lokr import LoKrSet
@@ -126,11 +126,6 @@ def save_lokr(
     os.makedirs(os.path.dirname(target), exist_ok=True)
     meta = {**_encode(metadata), **_algo_info(lokr)}
     tensors = lokr_file_tensors(lokr, dtype)
-    written = reserve_new_path(target)
-    try:
+    with claim_new_path(target) as written:
         atomic_save_safetensors(tensors, written, meta)
-    except BaseException:
-        if os.path.exists(written) and os.path.getsize(written) == 0:
-            os.remove(written)
-        raise
     return written

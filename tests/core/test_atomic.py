@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from sda_core.atomic import atomic_path, atomic_write_text, reserve_new_path
+from sda_core.atomic import atomic_path, atomic_write_text, claim_new_path, reserve_new_path
 
 
 def _names(folder):
@@ -36,3 +36,15 @@ def test_reserve_new_path_numbers_past_existing_names(tmp_path):
     assert reserve_new_path(tmp_path / "a.md") == str(tmp_path / "a_2.md")
     assert (tmp_path / "a_2.md").read_text() == "" and (tmp_path / "a.md").read_text() == "x"
     assert reserve_new_path(str(tmp_path / "b.md")) == str(tmp_path / "b.md")
+
+
+def test_a_claimed_name_is_released_when_its_write_fails(tmp_path):
+    (tmp_path / "a.md").write_text("x")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with claim_new_path(tmp_path / "a.md") as claimed:
+            assert claimed == str(tmp_path / "a_1.md")
+            raise RuntimeError("disk full")
+    assert _names(tmp_path) == ["a.md"]
+    with claim_new_path(tmp_path / "a.md") as claimed:
+        atomic_write_text(claimed, "y")
+    assert _names(tmp_path) == ["a.md", "a_1.md"] and (tmp_path / "a_1.md").read_text() == "y"
