@@ -19,7 +19,8 @@ import comfy.utils
 
 from ...sda_core.adapters import LoadedAdapter, Target
 from ...sda_core.schedule import ScheduledWeight
-from ...sda_core.training import LoKrSet, SDAConfig, SDAModels, SlicedLoKr, flow_sigmas
+from ...sda_core.training import LoKrSet, SDAConfig, SDAModels, flow_sigmas
+from ...sda_core.training.bypass import LoKrBypass
 from ...sda_core.training.grad_checkpoint import Switches, checkpoint_blocks
 from ...sda_core.training.rope import with_rotation_backward
 from .. import host
@@ -139,16 +140,30 @@ def make_denoiser(model, residency: Residency, sample_sigmas: torch.Tensor) -> C
 
 
 def attach_lokr(model, targets: dict[str, Target], config: SDAConfig, device) -> LoKrSet:
-    """One trainable LoKr per target on `model` (a clone) as weight wrappers; q/k/v as slices of the fused qkv."""
+    """One trainable LoKr per target on `model` (a clone), applied on the compute side (sda_core.training.bypass):
+    each adapted layer's forward is an object patch of the clone, so it exists only while the clone is loaded;
+    q/k/v are row slices of the fused qkv."""
     shapes = {name: (t.shape[0], math.prod(t.shape[1:])) for name, t in targets.items()}
     lokr = LoKrSet.build(shapes, factor=config.factor, rank=config.rank, seed=config.seed).to(device)
     by_param: dict[str, list] = {}
     for name, target in sorted(targets.items()):
-        by_param.setdefault(target.param, []).append((target.rows, lokr[name]))
+        by_param.setdefault(target.param, []).append((target.rows[0] if target.rows else 0, lokr[name]))
     for param, parts in by_param.items():
-        wrapper = parts[0][1] if parts[0][0] is None else SlicedLoKr([(rows[0], m) for rows, m in parts])
-        model.add_weight_wrapper(host.MODEL_PREFIX + param, wrapper)
+        path = host.MODEL_PREFIX + param.rsplit(".", 1)[0]
+        layer = comfy.utils.get_attr(model.model, path)
+        model.add_object_patch(path + ".forward", LoKrBypass(layer.forward, parts))
     return lokr
+
+
+def train_in_fp32(model) -> None:
+    """Run `model` (the training clone) in fp32, its weights kept as loaded: ComfyUI casts each as it is used.
+
+    A LoKr's early deltas lie far below a bf16 weight's (or activation's) rounding step; in a bf16 forward they
+    vanish from the output while gradients still flow (see sda_core.training.bypass for the numbers).
+    """
+    compute = model.model.manual_cast_dtype or model.model.get_dtype()
+    if compute != torch.float32:
+        model.set_model_compute_dtype(torch.float32)
 
 
 class AssistantSwitch:
@@ -219,6 +234,7 @@ class Session:
              assistant: LoadedAdapter | None, gradient_checkpointing: bool) -> "Session":
         device = mm.get_torch_device()
         clone = student.clone()
+        train_in_fp32(clone)
         lokr = attach_lokr(clone, targets, config, device)
         switch = attach_assistant(clone, assistant) if assistant is not None else None
         weights = TrainableWeights(clone.model)

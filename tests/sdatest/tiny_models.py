@@ -38,17 +38,29 @@ def _init_(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:
                 p.copy_(std * torch.randn(p.shape, generator=gen))
 
 
-def tiny_zimage(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
-    """A ModelPatcher around ComfyUI's Z-Image (NextDiT, z_image_modulation) with a few small layers."""
+def tiny_zimage(seed: int = 0, dtype: torch.dtype = torch.float32, manual_cast: torch.dtype | None = None,
+                values: torch.dtype | None = None, **overrides):
+    """A ModelPatcher around ComfyUI's Z-Image (NextDiT, z_image_modulation) with a few small layers.
+
+    Weights are stored in `dtype` (the values of the fp32 model of the same seed, rounded) and computed in
+    `manual_cast` (None: in `dtype`, as a GPU runs bf16/fp16 weights). fp8 weights cannot be computed in: they
+    get the compute dtype ComfyUI's loader picks for them (`unet_manual_cast`), as UNETLoader's weight_dtype does.
+    `values`: round the weights through this dtype first (an fp32 model holding a bf16 model's exact weights).
+    """
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
 
     config = dict(TINY_ZIMAGE, **overrides)
     model_config = comfy.supported_models.ZImage(config)
-    model_config.set_inference_dtype(dtype, None)
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and manual_cast is None:
+        manual_cast = mm.unet_manual_cast(dtype, mm.get_torch_device(), model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(dtype, manual_cast)
     model = model_config.get_model({})
+    model.diffusion_model.to(torch.float32)
     _init_(model.diffusion_model, seed)
+    if values is not None:
+        model.diffusion_model.to(values)
     model.diffusion_model.to(dtype)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 

@@ -19,6 +19,10 @@ ANY = _AnyType("*")
 
 
 _SHARED_MODELS: dict = {}
+# Stored weight dtypes (UNETLoader's weight_dtype options): bf16/fp16 computed in their own dtype, as on a GPU;
+# fp8 computed in what ComfyUI's loader picks for fp8 weights on this device.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8_e4m3fn": torch.float8_e4m3fn}
+VALUES = {"fp32 (bf16 values)": torch.bfloat16, "fp32 (fp16 values)": torch.float16}  # fp32 references of those
 
 
 class TinyZImage:
@@ -32,14 +36,14 @@ class TinyZImage:
     def INPUT_TYPES(cls):
         return {"required": {
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
-            "dtype": (["fp32", "bf16"], {"default": "fp32"}),
+            "dtype": (list(DTYPES) + list(VALUES), {"default": "fp32"}),
         }, "optional": {"shared": ("BOOLEAN", {"default": False})}}
 
     def build(self, seed, dtype, shared=False):
         key = (seed, dtype)
         if shared and key in _SHARED_MODELS:
             return (_SHARED_MODELS[key],)
-        model = tiny_models.tiny_zimage(seed, torch.float32 if dtype == "fp32" else torch.bfloat16)
+        model = tiny_models.tiny_zimage(seed, DTYPES.get(dtype, torch.float32), values=VALUES.get(dtype))
         if shared:
             _SHARED_MODELS[key] = model
         return (model,)
@@ -159,6 +163,60 @@ class Capture:
         return {}
 
 
+class TrainingForward:
+    """The SDA trainer's student forward on `model`, with its LoKr set from a LoKr file, minus the same forward
+    with the LoKr off: the output delta the trainer sees. Runs the pack's own training session (clone, compute
+    dtype, LoKr placement), nothing else."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "conditioning": ("CONDITIONING",),
+            "lokr_name": ("STRING", {"default": ""}),
+            "key": ("STRING", {"default": "delta"}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            "sigma": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01}),
+            "size": ("INT", {"default": 16, "min": 8, "max": 128, "step": 8}),
+        }}
+
+    def run(self, model, conditioning, lokr_name, key, seed, sigma, size):
+        import sys
+
+        import folder_paths
+        import nodes
+        from safetensors.torch import load_file
+
+        package = nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__.rsplit(".", 1)[0]
+        session_mod, checks = sys.modules[package + ".session"], sys.modules[package + ".checks"]
+        factors = load_file(folder_paths.get_full_path_or_raise("loras", lokr_name))
+        config = session_mod.SDAConfig(steps=1, pool_kernel=8, latent_shape=(16, size, size))
+        with torch.inference_mode(False), torch.no_grad():
+            session = session_mod.Session.open(model, model, config, checks.lokr_targets(model, False),
+                                               [conditioning], None, None, False)
+            try:
+                for name, lokr in session.lokr.items():
+                    lokr.w1.copy_(factors[f"diffusion_model.{name}.lokr_w1"])
+                    lokr.w2.copy_(factors[f"diffusion_model.{name}.lokr_w2"])
+                session.start()
+                device = session.models.device
+                x = torch.randn(1, 16, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
+                sigmas = torch.tensor([sigma], device=device)
+                cond = session.models.conds[0]
+                on = session.models.student(x, sigmas, cond).float()
+                with session.lokr.disabled():
+                    off = session.models.student(x, sigmas, cond).float()
+            finally:
+                session.close()
+        registry.CAPTURED[key] = (on - off).cpu().clone()
+        return {}
+
+
 class LoraStack:
     """A LORA_STACK as other packs emit it (Comfyroll, Efficiency): JSON list of [name, model, clip, ...] or null."""
 
@@ -185,4 +243,5 @@ NODE_CLASS_MAPPINGS = {
     "SDATest_TinyConditioning": TinyConditioning,
     "SDATest_Denoise": Denoise,
     "SDATest_Capture": Capture,
+    "SDATest_TrainingForward": TrainingForward,
 }
