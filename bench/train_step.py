@@ -19,6 +19,12 @@ COMFYUI_PATH), wired exactly as the SDA Train LoKr node wires it (--size/--batch
 
     python bench/train_step.py [--steps 32] [--threads 1] [--model pkg.mod:builder] [--dim 256 --size 32 ...]
     COMFYUI_PATH=... python bench/train_step.py --model comfy [--assistant]
+    COMFYUI_PATH=... python bench/train_step.py --teachers [--steps 16]
+
+--teachers: our step with a teacher that shares the student's weights (the student plus a de-distill LoRA
+through ComfyUI's LoRA loader: its patches ride as weight wrappers on the student's loaded weights) against
+our step with a separate teacher of the same size, both resident. Same draws, steps interleaved; prints the
+time ratio shared / separate (target <= 1.1).
 
 Threads: torch's default (all cores, as ComfyUI runs) unless --threads says otherwise. Batching pays
 where one row leaves the device idle: several CPU threads or a GPU. On one CPU thread every op is
@@ -51,6 +57,7 @@ from sda_core.training.loop import StepDraw, draw_step, make_optimizer, train_st
 from sda_core.training.schedule import euler_step, flow_sigmas, initial_latent  # noqa: E402
 
 TARGET_SPEEDUP = 1.3
+TARGET_SHARED_TEACHER = 1.1
 
 
 TINY = {"dim": 256, "n_layers": 2, "size": 32, "batch": 1}
@@ -90,17 +97,53 @@ def comfy_zimage_builder() -> tuple[SDAModels, SDAConfig]:
     return session.models, config
 
 
-def _tiny_assistant(training, student):
-    """A random LoRA on the tiny Z-Image's main layers, parsed onto the student as the node parses its assistant."""
+def comfy_teachers_builder(shared: bool) -> Callable[[], tuple[SDAModels, SDAConfig]]:
+    """The tiny Z-Image session with a teacher that is the student plus a de-distill LoRA (ComfyUI's own LoRA
+    loader: shared weights) or a separate tiny Z-Image of the same size (both resident)."""
+    def build() -> tuple[SDAModels, SDAConfig]:
+        from sdatest import comfy_host, tiny_models
+
+        path = comfy_host.comfy_path_from_env()
+        if path is None:
+            raise SystemExit("--teachers needs COMFYUI_PATH (a ComfyUI checkout, e.g. the test command's 0.3.75)")
+        comfy_host.boot(path)
+        import comfy.sd
+        import comfy.utils
+        import nodes
+
+        training = sys.modules[nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__]
+        student = tiny_models.tiny_zimage(0)
+        if shared:
+            lora = comfy.utils.load_torch_file(_tiny_lora(student))
+            teacher, _ = comfy.sd.load_lora_for_models(student, None, lora, 1.0, 0.0)
+        else:
+            teacher = tiny_models.tiny_zimage(1)
+        config = training.SDAConfig(steps=10**6, lr=1e-4, batch=TINY["batch"],
+                                    latent_shape=(16, TINY["size"], TINY["size"]), shift=training.student_shift(student, 8))
+        prompts = [tiny_models.tiny_conditioning(0), tiny_models.tiny_conditioning(2)]
+        session = training.Session.open(student, teacher, config, training.lokr_targets(student, False), prompts, None,
+                                        None, False)
+        session.start()  # left open: the bench process ends with it
+        print(f"{'shared' if shared else 'separate'} teacher: {session.residency.describe()}")
+        return session.models, config
+
+    return build
+
+
+def _tiny_lora(student) -> str:
     import tempfile
 
     from sdatest import adapter_files
 
-    folder = tempfile.mkdtemp(prefix="sda-bench-")
-    path = os.path.join(folder, "assistant.safetensors")
+    path = os.path.join(tempfile.mkdtemp(prefix="sda-bench-"), "lora.safetensors")
     shapes = {k: tuple(v.shape) for k, v in student.model.diffusion_model.state_dict().items()}
     adapter_files.write_lora(path, shapes, rank=4)
-    return training.host.load_adapter(path, training.host.model_layout(student), label="assistant")
+    return path
+
+
+def _tiny_assistant(training, student):
+    """A random LoRA on the tiny Z-Image's main layers, parsed onto the student as the node parses its assistant."""
+    return training.host.load_adapter(_tiny_lora(student), training.host.model_layout(student), label="assistant")
 
 
 def _load_builder(spec: str | None) -> Callable[[], Any]:
@@ -234,7 +277,15 @@ def main(argv=None) -> int:
     ap.add_argument("--assistant", action="store_true",
                     help="--model comfy: train with an assistant adapter (its anchor and diversity forwards differ, "
                          "so they cannot share one forward)")
+    ap.add_argument("--teachers", action="store_true",
+                    help="compare a teacher sharing the student's weights with a separate resident one (needs "
+                         "COMFYUI_PATH)")
     args = ap.parse_args(argv)
+    if args.teachers:
+        TINY.update({k: getattr(args, k) for k in TINY})
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return compare_teachers(args)
     if args.assistant and args.model != "comfy":
         raise SystemExit("--assistant needs --model comfy")
     WITH_ASSISTANT[0] = args.assistant
@@ -305,6 +356,33 @@ def main(argv=None) -> int:
     ok = speed >= TARGET_SPEEDUP and peak_o <= peak_r
     print(f"ratio: {speed:.2f}x faster, memory {peak_o / peak_r:.2f}x of the reference  "
           f"[target >= {TARGET_SPEEDUP}x faster at no more memory: {'PASS' if ok else 'MISS'}]")
+    return 0
+
+
+def compare_teachers(args) -> int:
+    """Shared-weight teacher vs separate resident teacher: our step on both, interleaved on the same draws."""
+    shared, separate = Runner(comfy_teachers_builder(True), ours_step), Runner(comfy_teachers_builder(False), ours_step)
+    cfg = shared.config
+    n_conds = len(shared.models.conds)
+    print(f"model: tiny Z-Image in ComfyUI {TINY}; latent {cfg.latent_shape}, batch {cfg.batch}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    times: dict[Runner, list[float]] = {shared: [], separate: []}
+    with torch.enable_grad():
+        for i in range(args.warmup + args.steps):
+            draw = draw_step(cfg, i, n_conds)
+            draw.k = i % cfg.student_steps
+            for r in ((shared, separate) if i % 2 == 0 else (separate, shared)):
+                t = time.perf_counter()
+                r(draw)
+                if i >= args.warmup:
+                    times[r].append(time.perf_counter() - t)
+    t_shared, t_sep = sum(times[shared]), sum(times[separate])
+    ratio = t_shared / t_sep
+    print(f"time/step  shared teacher {1e3 * t_shared / args.steps:8.1f} ms (median "
+          f"{1e3 * statistics.median(times[shared]):.1f})   separate resident teacher {1e3 * t_sep / args.steps:8.1f} "
+          f"ms (median {1e3 * statistics.median(times[separate]):.1f})")
+    print(f"ratio: shared / separate = {ratio:.2f}x  [target <= {TARGET_SHARED_TEACHER}x: "
+          f"{'PASS' if ratio <= TARGET_SHARED_TEACHER else 'MISS'}]")
     return 0
 
 

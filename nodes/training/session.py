@@ -25,6 +25,7 @@ from ...sda_core.training.grad_checkpoint import Switches, checkpoint_blocks
 from ...sda_core.training.rope import with_rotation_backward
 from .. import host
 from .conds import BatchedConds, batch_model_conds, model_conds
+from .shared_teacher import TeacherSwitch, attach_teacher, teacher_additions
 
 
 def _alias(t: torch.Tensor) -> torch.Tensor:
@@ -72,15 +73,18 @@ class TrainableWeights:
 class Residency:
     """Student and teacher on the torch device through comfy.model_management only.
 
-    Both stay loaded when they fit. When memory is short, or when they are clones of one model (e.g. the
-    teacher is the student plus a de-distill LoRA: ComfyUI holds one set of weights for both), the teacher is
-    loaded for its forwards only and freed before the student's next forward.
+    A teacher that is the student plus its own patches runs on the student's loaded weights (`shared_weights`,
+    see shared_teacher): only the student is ever loaded. Otherwise both stay loaded when they fit. When memory
+    is short, or when they are clones of one model whose difference cannot ride as weight wrappers (ComfyUI
+    holds one set of weights for both), the teacher is loaded for its forwards only and freed before the
+    student's next forward.
     """
 
-    def __init__(self, student, teacher, weights: TrainableWeights) -> None:
+    def __init__(self, student, teacher, weights: TrainableWeights, shared_weights: bool = False) -> None:
         self.student, self.teacher, self.weights = student, teacher, weights
+        self.shared_weights = shared_weights
         self.shared = student.is_clone(teacher)
-        self.swap = self.shared or not self._both_fit()
+        self.swap = not shared_weights and (self.shared or not self._both_fit())
 
     def _both_fit(self) -> bool:
         device = self.student.load_device
@@ -91,13 +95,15 @@ class Residency:
         return needed <= mm.get_free_memory(device) + loaded
 
     def describe(self) -> str:
+        if self.shared_weights:
+            return "teacher runs on the student's loaded weights (its own patches switched on for its forwards)"
         if not self.swap:
             return "student and teacher both loaded"
         why = "they share one model's weights" if self.shared else "memory is short for both"
         return f"teacher loaded only for its forwards ({why})"
 
     def start(self) -> None:
-        mm.load_models_gpu([self.student] if self.swap else [self.student, self.teacher])
+        mm.load_models_gpu([self.student] if self.swap or self.shared_weights else [self.student, self.teacher])
         self.weights.refresh()
 
     def ready(self, model) -> None:
@@ -135,6 +141,21 @@ def make_denoiser(model, residency: Residency, sample_sigmas: torch.Tensor) -> C
         residency.ready(model)
         kwargs = cond if isinstance(cond, BatchedConds) else batch_model_conds([cond])
         return model.model.apply_model(x, sigma, transformer_options=transformer_options(model, sample_sigmas), **kwargs)
+
+    return denoise
+
+
+def make_shared_teacher(clone, teacher, residency: Residency, sample_sigmas: torch.Tensor, lokr: LoKrSet,
+                        assistant: "AssistantSwitch | None", switch: TeacherSwitch) -> Callable:
+    """The teacher's denoiser on the student's loaded weights: LoKr and assistant off, the teacher's patches on,
+    the teacher's own transformer options."""
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
+        residency.ready(clone)
+        kwargs = cond if isinstance(cond, BatchedConds) else batch_model_conds([cond])
+        off = assistant.off() if assistant is not None else contextlib.nullcontext()
+        with lokr.disabled(), off, switch.on():
+            return clone.model.apply_model(x, sigma, transformer_options=transformer_options(teacher, sample_sigmas),
+                                           **kwargs)
 
     return denoise
 
@@ -237,13 +258,17 @@ class Session:
         train_in_fp32(clone)
         lokr = attach_lokr(clone, targets, config, device)
         switch = attach_assistant(clone, assistant) if assistant is not None else None
+        additions = teacher_additions(student, teacher)
+        teacher_switch = attach_teacher(clone, additions) if additions is not None else None
         weights = TrainableWeights(clone.model)
-        residency = Residency(clone, teacher, weights)
+        residency = Residency(clone, teacher, weights, shared_weights=additions is not None)
         sigmas = flow_sigmas(config.student_steps, config.shift).to(device)
         latent = torch.zeros((1, *config.latent_shape), device=device)
         conds = [c for cond in positive for c in model_conds(clone, cond, latent, "positive")]
         models = SDAModels(
-            student=make_denoiser(clone, residency, sigmas), teacher=make_denoiser(teacher, residency, sigmas),
+            student=make_denoiser(clone, residency, sigmas),
+            teacher=make_denoiser(teacher, residency, sigmas) if teacher_switch is None else
+            make_shared_teacher(clone, teacher, residency, sigmas, lokr, switch, teacher_switch),
             lokr=lokr, conds=conds, assistant=switch.off if switch else None,
             negative=model_conds(clone, negative, latent, "negative")[0] if negative else None,
             batch_conds=batch_model_conds, device=device)

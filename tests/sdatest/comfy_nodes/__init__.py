@@ -164,9 +164,13 @@ class Capture:
 
 
 class TrainingForward:
-    """The SDA trainer's student forward on `model`, with its LoKr set from a LoKr file, minus the same forward
-    with the LoKr off: the output delta the trainer sees. Runs the pack's own training session (clone, compute
-    dtype, LoKr placement), nothing else."""
+    """A forward of the SDA trainer's own session on `model` (the student), captured for the test.
+
+    output "lokr_delta": the student's forward with its LoKr set from `lokr_name` minus the same forward with the
+    LoKr off (the output delta the trainer sees). output "teacher": the session's teacher forward (with the LoKr
+    and `assistant_name` loaded as training would), and the session's residency line under `<key>_residency`.
+    Runs the pack's session (clone, compute dtype, LoKr placement, residency), nothing else.
+    """
 
     CATEGORY = "SDA/testing"
     RETURN_TYPES = ()
@@ -178,14 +182,19 @@ class TrainingForward:
         return {"required": {
             "model": ("MODEL",),
             "conditioning": ("CONDITIONING",),
-            "lokr_name": ("STRING", {"default": ""}),
             "key": ("STRING", {"default": "delta"}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "sigma": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01}),
             "size": ("INT", {"default": 16, "min": 8, "max": 128, "step": 8}),
+        }, "optional": {
+            "lokr_name": ("STRING", {"default": ""}),
+            "output": (["lokr_delta", "teacher"], {"default": "lokr_delta"}),
+            "teacher": ("MODEL",),
+            "assistant_name": ("STRING", {"default": ""}),
         }}
 
-    def run(self, model, conditioning, lokr_name, key, seed, sigma, size):
+    def run(self, model, conditioning, key, seed, sigma, size, lokr_name="", output="lokr_delta", teacher=None,
+            assistant_name=""):
         import sys
 
         import folder_paths
@@ -194,26 +203,32 @@ class TrainingForward:
 
         package = nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__.rsplit(".", 1)[0]
         session_mod, checks = sys.modules[package + ".session"], sys.modules[package + ".checks"]
-        factors = load_file(folder_paths.get_full_path_or_raise("loras", lokr_name))
+        assistant = session_mod.host.load_for_model(model, assistant_name, widget="assistant") if assistant_name else None
         config = session_mod.SDAConfig(steps=1, pool_kernel=8, latent_shape=(16, size, size))
         with torch.inference_mode(False), torch.no_grad():
-            session = session_mod.Session.open(model, model, config, checks.lokr_targets(model, False),
-                                               [conditioning], None, None, False)
+            session = session_mod.Session.open(model, teacher if teacher is not None else model, config,
+                                               checks.lokr_targets(model, False), [conditioning], None, assistant, False)
             try:
-                for name, lokr in session.lokr.items():
-                    lokr.w1.copy_(factors[f"diffusion_model.{name}.lokr_w1"])
-                    lokr.w2.copy_(factors[f"diffusion_model.{name}.lokr_w2"])
+                if lokr_name:
+                    factors = load_file(folder_paths.get_full_path_or_raise("loras", lokr_name))
+                    for name, lokr in session.lokr.items():
+                        lokr.w1.copy_(factors[f"diffusion_model.{name}.lokr_w1"])
+                        lokr.w2.copy_(factors[f"diffusion_model.{name}.lokr_w2"])
                 session.start()
                 device = session.models.device
                 x = torch.randn(1, 16, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
                 sigmas = torch.tensor([sigma], device=device)
                 cond = session.models.conds[0]
-                on = session.models.student(x, sigmas, cond).float()
-                with session.lokr.disabled():
-                    off = session.models.student(x, sigmas, cond).float()
+                if output == "teacher":
+                    result = session.models.teacher(x, sigmas, cond).float()
+                    registry.CAPTURED[key + "_residency"] = session.residency.describe()
+                else:
+                    on = session.models.student(x, sigmas, cond).float()
+                    with session.lokr.disabled():
+                        result = on - session.models.student(x, sigmas, cond).float()
             finally:
                 session.close()
-        registry.CAPTURED[key] = (on - off).cpu().clone()
+        registry.CAPTURED[key] = result.cpu().clone()
         return {}
 
 
