@@ -298,8 +298,8 @@ def test_refuses_what_it_cannot_train_with_a_clear_error(comfy, case, message):
 
 
 def test_assistant_adapter_shared_teacher_cfg_refiners_rank_and_checkpointing(comfy, adapters):
-    """The teacher is the student plus a LoRA (one set of weights in ComfyUI: the teacher is swapped in for its
-    forwards); gradient checkpointing must train exactly like no checkpointing, the assistant's OFF-then-ON
+    """The teacher is the student plus a LoRA (one set of weights in ComfyUI: the teacher runs on the student's
+    loaded weights); gradient checkpointing must train exactly like no checkpointing, the assistant's OFF-then-ON
     included; both input MODELs come out untouched."""
     def base_graph():
         g = Graph()
@@ -320,7 +320,7 @@ def test_assistant_adapter_shared_teacher_cfg_refiners_rank_and_checkpointing(co
     ckpt = _train(g, student, teacher, prompts, save_name="assist_ckpt", gradient_checkpointing=True, **options)
     outputs = comfy.run(g.prompt())
     report = _report(outputs, plain)
-    assert "teacher loaded only for its forwards (they share one model's weights)" in report
+    assert "teacher runs on the student's loaded weights" in report
     assert "assistant adapter: train_assistant.safetensors" in report and "teacher cfg 2" in report
     assert "gradient checkpointing" not in report and "gradient checkpointing" in _report(outputs, ckpt)
 
