@@ -6,7 +6,7 @@ from .algorithms import MAX_SCALE, AdapterModule, LoHaModule, LoKrModule, LoRAMo
 from .apply import apply_deltas
 from .arch import guess_architecture
 from .errors import AdapterError, AdapterFileMissing
-from .files import read_safetensors, resolve_in_folder
+from .file_reading import read_safetensors, resolve_in_folder
 from .layout import ModelLayout, Target, module_targets
 from .load import load_adapter
 from .loaded import LoadedAdapter

@@ -14,7 +14,7 @@ import torch
 from .algorithms import MODULE_TYPES, AdapterModule, FactorError, LoRAModule, _fmt, algorithm_of, fits
 from .arch import describe_layout, guess_architecture
 from .errors import AdapterError
-from .files import check_finite, read_safetensors
+from .file_reading import check_finite, read_safetensors
 from .keys import UNSUPPORTED, group_keys, is_text_encoder, strip_prefix
 from .layout import ModelLayout, Target, module_targets, underscore_names
 from .loaded import LoadedAdapter

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sda_core.schedule import ScheduleError, parse_step_strengths, resolve, step_of_sigma, window_strengths
+from sda_core.step_strengths import ScheduleError, parse_step_strengths, resolve, step_of_sigma, window_strengths
 
 
 def flow_simple(steps: int, shift: float = 3.0) -> list[float]:
@@ -105,7 +105,7 @@ class _Delta:
 
 
 def test_scheduled_weight_adds_per_region_and_never_touches_the_weight():
-    from sda_core.schedule import ScheduledWeight, StepStrength
+    from sda_core.step_strengths import ScheduledWeight, StepStrength
 
     weight = torch.randn(6, 4)
     kept = weight.clone()
