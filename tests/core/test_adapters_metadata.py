@@ -18,7 +18,7 @@ import torch
 
 from sda_core.adapters import MAX_SCALE, AdapterError, ModelLayout, apply_deltas, load_adapter
 from sda_core.adapters.patterns import PatternError, TailPattern
-from sda_core.schedule import ScheduledWeight, StepStrength, resolve
+from sda_core.step_strengths import ScheduledWeight, StepStrength, resolve
 from sdatest.adapter_files import diffusers_lora_metadata, write_lora, write_sda_lokr, zimage_layout
 
 SHAPES = zimage_layout()
