@@ -54,9 +54,10 @@ def run_training(student, teacher, config: SDAConfig, files: RunFiles, *, target
     """Set up, train (resuming if asked), save; ComfyUI's objects are restored whatever happens."""
     notes: list[str] = []
     with torch.inference_mode(False), torch.enable_grad():  # tensors made here (checkpoint state too) can train
-        checkpoint = _resume_checkpoint(files, config, details, notes) if resume else _fresh_start(files, notes)
         session = Session.open(student, teacher, config, targets, positive, negative, assistant, gradient_checkpointing)
         try:
+            _effective_teacher_batch(session, config, notes)
+            checkpoint = _resume_checkpoint(files, config, details, notes) if resume else _fresh_start(files, notes)
             if checkpoint is not None:
                 _restore_lokr(checkpoint, session.lokr, files)
             session.start()
@@ -65,6 +66,17 @@ def run_training(student, teacher, config: SDAConfig, files: RunFiles, *, target
             return _save(session, config, files, result, evaluator, details, notes)
         finally:
             session.close()
+
+
+def _effective_teacher_batch(session: Session, config: SDAConfig, notes: list[str]) -> None:
+    """teacher_batch only where it saves swaps: with a teacher loaded for its forwards only; else 1 (exact)."""
+    if config.teacher_batch > 1 and not session.residency.swap:
+        notes.append(f"teacher_batch {config.teacher_batch} not used: the {session.residency.describe()}, "
+                     "so there is no swap to save; targets are made every step")
+        config.teacher_batch = 1
+    elif config.teacher_batch > 1:
+        notes.append(f"teacher_batch {config.teacher_batch}: the teacher runs once per {config.teacher_batch} steps; "
+                     f"x_t and teacher targets are up to {config.teacher_batch - 1} updates old")
 
 
 def _fresh_start(files: RunFiles, notes: list[str]) -> None:
@@ -255,6 +267,11 @@ class SDATrainLoKr(io.ComfyNode):
                 _int("eval_every", 0, 0, 1_000_000, "Every N steps render fixed seeds and score their avg LPIPS "
                      "(needs vae; 0: off). Keeps <save_name>_best too.", optional=True),
                 _int("eval_seeds", 4, 2, 64, "Seeds rendered per eval.", optional=True),
+                _int("teacher_batch", 1, 1, 64, "Steps whose teacher targets are made at once when the teacher is "
+                     "loaded only for its forwards (it does not fit beside the student): one teacher swap per K "
+                     "steps instead of one per step, but x_t and targets up to K-1 updates old. 1: made every step "
+                     "(exact). Not used when the teacher stays loaded or shares the student's weights.",
+                     optional=True),
             ],
             outputs=[
                 io.Model.Output("model", display_name="MODEL"),
@@ -270,7 +287,7 @@ class SDATrainLoKr(io.ComfyNode):
                 lokr_factor: int, lokr_rank: int, include_refiners: bool, gradient_checkpointing: bool, seed: int,
                 save_name: str, checkpoint_every: int, resume: bool, clip=None, conditioning=None,
                 negative_prompt: str = "", teacher_cfg: float = 1.0, assistant_adapter: str = NONE, vae=None,
-                eval_every: int = 0, eval_seeds: int = 4) -> io.NodeOutput:
+                eval_every: int = 0, eval_seeds: int = 4, teacher_batch: int = 1) -> io.NodeOutput:
         require_flow(student, "student")
         require_flow(teacher, "teacher")
         require_same_family(student, teacher)
@@ -278,7 +295,7 @@ class SDATrainLoKr(io.ComfyNode):
         config = SDAConfig(
             steps=steps, lr=learning_rate, lambda_div=lambda_div, huber_delta=huber_delta, pool_kernel=pool_kernel,
             div_skip=div_skip, student_steps=student_steps, shift=student_shift(student, student_steps),
-            factor=lokr_factor, rank=lokr_rank or None, teacher_cfg=teacher_cfg, seed=seed,
+            factor=lokr_factor, rank=lokr_rank or None, teacher_cfg=teacher_cfg, seed=seed, teacher_batch=teacher_batch,
             checkpoint_every=checkpoint_every, latent_shape=latent_shape(student, width, height, pool_kernel))
         targets = lokr_targets(student, include_refiners)
         positive, prompt_note = gather_prompts(prompts, clip, conditioning)

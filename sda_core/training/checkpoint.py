@@ -1,4 +1,5 @@
-"""Resumable training state: LoKr factors, AdamW state, step, loss history, config, torch CPU RNG.
+"""Resumable training state: LoKr factors, AdamW state, step, loss history, config, torch CPU RNG, and the
+pending x_t/teacher targets of a teacher batch stopped part-way (teacher_batch).
 
 One safetensors file (tensors) with everything else as JSON in its metadata: no pickle, so loading
 a checkpoint never executes code. Written atomically; resuming from it continues the same loss curve
@@ -38,6 +39,7 @@ class Checkpoint:
     param_names: list[str]
     rng_state: torch.Tensor
     extra: dict = field(default_factory=dict)
+    pending: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def capture(
@@ -48,6 +50,7 @@ class Checkpoint:
         lokr: LoKrSet,
         optimizer: torch.optim.Optimizer,
         extra: dict | None = None,
+        pending: dict[str, torch.Tensor] | None = None,
     ) -> "Checkpoint":
         """Snapshot (copies) of the live training state after `step` completed steps."""
         named = lokr.named_tensors()
@@ -69,6 +72,7 @@ class Checkpoint:
             param_names=names,
             rng_state=torch.get_rng_state(),
             extra=dict(extra or {}),
+            pending={k: v.detach().cpu().clone() for k, v in (pending or {}).items()},
         )
 
     def restore(self, lokr: LoKrSet, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -105,6 +109,7 @@ def save_checkpoint(path: str, ckpt: Checkpoint) -> str:
             else:
                 plain_state.setdefault(str(i), {})[k] = v
     tensors["rng.torch_cpu"] = ckpt.rng_state
+    tensors.update({f"pending.{k}": t.contiguous() for k, t in ckpt.pending.items()})
     meta = {
         "sda_checkpoint_version": CHECKPOINT_VERSION,
         "step": str(ckpt.step),
@@ -130,9 +135,11 @@ def load_checkpoint(path: str) -> Checkpoint:
     state: dict[int, dict] = {}
     for i, s in json.loads(meta["optimizer_plain_state"]).items():
         state.setdefault(int(i), {}).update(s)
-    lokr = {}
+    lokr, pending = {}, {}
     for k, t in tensors.items():
-        if k.startswith("lokr."):
+        if k.startswith("pending."):
+            pending[k[len("pending."):]] = t
+        elif k.startswith("lokr."):
             lokr[k[len("lokr."):]] = t
         elif k.startswith("optim."):
             _, i, name = k.split(".", 2)
@@ -147,4 +154,5 @@ def load_checkpoint(path: str) -> Checkpoint:
         param_names=json.loads(meta["param_names"]),
         rng_state=tensors["rng.torch_cpu"],
         extra=json.loads(meta["extra"]),
+        pending=pending,
     )

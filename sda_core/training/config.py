@@ -43,6 +43,9 @@ class SDAConfig:
     seed: int = 0
     checkpoint_every: int = 0  # 0: only on stop/interrupt and at the end
     max_bad_steps: int = 5  # consecutive non-finite steps before TrainingDiverged
+    # x_t and teacher targets made for this many steps at once (one teacher forward, one residency swap); K > 1
+    # trains on x_t and targets up to K-1 updates old. 1: made every step.
+    teacher_batch: int = 1
     latent_shape: tuple[int, int, int] = (16, 64, 64)  # (C, H, W): Z-Image latent of a 512 px image
 
     def __post_init__(self) -> None:
@@ -65,6 +68,7 @@ class SDAConfig:
         need(self.rank is None or self.rank >= 1, f"rank must be None (full w2) or >= 1, got {self.rank}")
         need(self.batch >= 1, f"batch must be >= 1, got {self.batch}")
         need(self.max_bad_steps >= 1, f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
+        need(self.teacher_batch >= 1, f"teacher_batch must be >= 1, got {self.teacher_batch}")
         need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         need(self.teacher_cfg > 0, f"teacher_cfg must be > 0, got {self.teacher_cfg}")
         need(len(self.latent_shape) == 3, f"latent_shape is (C, H, W), got {self.latent_shape}")

@@ -40,6 +40,9 @@ def training_metadata(config: SDAConfig, steps_done: int, base_model: str, **ext
         "sda_optimizer": {"name": "AdamW", "lr": config.lr, "weight_decay": config.weight_decay,
                           "grad_clip": config.grad_clip},
     }
+    if config.teacher_batch > 1:
+        meta["sda_teacher_batch"] = (f"{config.teacher_batch}: the teacher ran once per {config.teacher_batch} steps; "
+                                     f"x_t and teacher targets were up to {config.teacher_batch - 1} updates old")
     for k, v in extra.items():
         meta[k if k.startswith(("sda_", "ss_", "modelspec.")) else f"sda_{k}"] = v
     return meta

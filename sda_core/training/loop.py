@@ -21,6 +21,7 @@ from .config import SDAConfig, SDAModels
 from .loss import uses_diversity
 from .trajectory import flow_sigmas, rollout
 from .step import LossTerms, sda_loss
+from .teacher_batch import Prepared, TeacherBatch
 
 __all__ = ["train", "train_step", "make_optimizer", "TrainResult", "TrainingDiverged", "StepDraw", "draw_step", "step_seed"]
 
@@ -67,6 +68,16 @@ def make_optimizer(params: list[torch.Tensor], config: SDAConfig) -> torch.optim
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def rollout_draw(models: SDAModels, config: SDAConfig, draw: StepDraw,
+                 sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x_t(z1) and x_t(z2) of `draw` on the student's own trajectory (x_t(z2) None on a pure-anchor step)."""
+    conds = [models.conds[i] for i in draw.cond_indices]
+    z1, z2 = draw.z1.to(models.device), draw.z2.to(models.device)
+    zs = [z1, z2] if uses_diversity(draw.k, config.div_skip) else [z1]  # a pure-anchor step never reads z2
+    x_t1, *x_t2 = rollout(models.student, zs, sigmas, draw.k, conds, models.batch_conds)
+    return x_t1, (x_t2[0] if x_t2 else None)
+
+
 def train_step(
     models: SDAModels,
     config: SDAConfig,
@@ -74,15 +85,20 @@ def train_step(
     sigmas: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     params: list[torch.Tensor],
+    prepared: Prepared | None = None,
 ) -> tuple[LossTerms, bool]:
-    """One optimiser step on `draw`; skipped (returns ok=False) when the loss or gradient is non-finite."""
+    """One optimiser step on `draw`; skipped (returns ok=False) when the loss or gradient is non-finite.
+
+    prepared: the step's x_t and teacher targets made ahead by a teacher batch; else they are made here.
+    """
     conds = [models.conds[i] for i in draw.cond_indices]
-    z1, z2 = draw.z1.to(models.device), draw.z2.to(models.device)
     optimizer.zero_grad(set_to_none=True)
-    zs = [z1, z2] if uses_diversity(draw.k, config.div_skip) else [z1]  # a pure-anchor step never reads z2
-    x_t1, *x_t2 = rollout(models.student, zs, sigmas, draw.k, conds, models.batch_conds)
-    x_t2 = x_t2[0] if x_t2 else None
-    terms = sda_loss(models, config, x_t1, x_t2, float(sigmas[draw.k]), draw.k, conds, backward=True)
+    if prepared is None:
+        (x_t1, x_t2), teacher = rollout_draw(models, config, draw, sigmas), None
+    else:
+        x_t1, x_t2, teacher = prepared.x_t1, prepared.x_t2, prepared.teacher
+    terms = sda_loss(models, config, x_t1, x_t2, float(sigmas[draw.k]), draw.k, conds, backward=True,
+                     teacher=teacher)
     if not torch.isfinite(terms.total):
         return terms, False
     max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
@@ -90,6 +106,12 @@ def train_step(
         return terms, False
     optimizer.step()
     return terms, True
+
+
+def _rolled(models: SDAModels, config: SDAConfig, step: int, sigmas: torch.Tensor) -> tuple:
+    """(k, conds, x_t1, x_t2) of step `step` rolled out now: a teacher batch's member."""
+    draw = draw_step(config, step, len(models.conds))
+    return (draw.k, [models.conds[i] for i in draw.cond_indices], *rollout_draw(models, config, draw, sigmas))
 
 
 class TrainingDiverged(RuntimeError):
@@ -157,6 +179,9 @@ def train(
         history = [dict(h) for h in resume.history]
         start = resume.step
         torch.set_rng_state(resume.rng_state)
+    batch = TeacherBatch(config.teacher_batch) if config.teacher_batch > 1 else None
+    if batch is not None and resume is not None and resume.pending:
+        batch.restore(resume.pending, models.device)  # stopped inside a batch: its remaining steps as made
     last_good = [p.detach().clone() for p in params]
     last_good_step = start
     bad_streak = bad_total = 0
@@ -166,7 +191,8 @@ def train(
         nonlocal written
         if checkpoint_path:
             extra = checkpoint_extra() if checkpoint_extra is not None else None
-            ckpt = Checkpoint.capture(step, history, config.to_dict(), lokr, optimizer, extra=extra)
+            ckpt = Checkpoint.capture(step, history, config.to_dict(), lokr, optimizer, extra=extra,
+                                      pending=batch.state() if batch is not None else None)
             written = save_checkpoint(checkpoint_path, ckpt)
 
     def result(step: int, interrupted: bool) -> TrainResult:
@@ -181,7 +207,13 @@ def train(
             checkpoint(step)
             return result(step, True)
         draw = draw_step(config, step, len(models.conds))
-        terms, ok = train_step(models, config, draw, sigmas, optimizer, params)
+        prepared = None
+        if batch is not None:
+            batch.prepare(models, config, sigmas, step, lambda s: _rolled(models, config, s, sigmas))
+            prepared = batch.get(step)
+        terms, ok = train_step(models, config, draw, sigmas, optimizer, params, prepared)
+        if batch is not None:
+            batch.done(step)
         if ok and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):  # one sync
             ok = False  # a finite step that overflowed the weights: undo it
             with torch.no_grad():

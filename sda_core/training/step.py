@@ -37,7 +37,12 @@ class LossTerms:
     sigma: float
 
 
-def _sigma_rows(sigma: float, x: torch.Tensor) -> torch.Tensor:
+def _sigma_rows(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sigma for every row of x: one float for all, or a tensor with one per row."""
+    if torch.is_tensor(sigma) and sigma.ndim == 1:
+        if sigma.shape[0] != x.shape[0]:
+            raise ValueError(f"{sigma.shape[0]} sigmas for a batch of {x.shape[0]} rows")
+        return sigma.to(dtype=x.dtype, device=x.device)
     return torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
 
 
@@ -45,18 +50,22 @@ def _sigma_rows(sigma: float, x: torch.Tensor) -> torch.Tensor:
 def teacher_x0(
     models: SDAModels,
     xs: Sequence[torch.Tensor],
-    sigma: float,
+    sigma: float | torch.Tensor,
     conds: Sequence[Any],
     cfg: float = 1.0,
 ) -> list[torch.Tensor]:
-    """Teacher x0 for each x in `xs` (rows conditioned on `conds`), every x (and cfg's negative) in ONE forward."""
+    """Teacher x0 for each x in `xs` (rows conditioned on `conds`), every x (and cfg's negative) in ONE forward.
+
+    sigma: one for every row, or a tensor with one per row of the xs concatenated.
+    """
     n, rows = len(xs), xs[0].shape[0]
     x = torch.cat(list(xs), dim=0)
     row_conds = list(conds) * n
+    sig = _sigma_rows(sigma, x)
     if cfg != 1.0:
-        x = torch.cat([x, x], dim=0)
+        x, sig = torch.cat([x, x], dim=0), torch.cat([sig, sig], dim=0)
         row_conds = row_conds + [models.negative] * len(row_conds)
-    x0 = forward_batched(models.teacher, x, _sigma_rows(sigma, x), row_conds, models.batch_conds).float()
+    x0 = forward_batched(models.teacher, x, sig, row_conds, models.batch_conds).float()
     if cfg != 1.0:
         pos, neg = x0.chunk(2, dim=0)
         x0 = L.cfg_combine(pos, neg, cfg)
@@ -79,11 +88,13 @@ def sda_loss(
     k: int,
     conds: Sequence[Any],
     backward: bool = False,
+    teacher: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> LossTerms:
     """The SDA loss at schedule step k (sigma = sigmas[k]) for noises z1, z2 already rolled to x_t1, x_t2.
 
     `conds[i]` conditions row i of both. With backward=True, gradients land in the LoKr params here and
     the returned terms are detached; a non-finite loss is not back-propagated (total is then NaN/inf).
+    teacher: the teacher's x0 at (x_t1, x_t2) when already computed (teacher_batch), else the teacher runs here.
     """
     with torch.no_grad(), models.lokr.disabled():
         (x0_base,) = _student_x0(models, [x_t1], sigma, conds)
@@ -93,12 +104,12 @@ def sda_loss(
         raise ValueError(f"step {k} < div_skip {config.div_skip} uses the diversity term and needs x_t(z2)")
 
     if diversity and models.assistant is None:
-        return _joint(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward)
+        return _joint(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward, teacher)
     return _anchor_then_diversity(models, config, x_t1, x_t2 if diversity else None, v_base, sigma, k, conds,
-                                  backward)
+                                  backward, teacher)
 
 
-def _anchor_then_diversity(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward) -> LossTerms:
+def _anchor_then_diversity(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward, teacher=None) -> LossTerms:
     """Anchor forward (assistant on), then, when x_t2 is given, the diversity forward with the assistant OFF."""
     with torch.enable_grad():
         (x0_pol,) = _student_x0(models, [x_t1], sigma, conds)
@@ -111,7 +122,9 @@ def _anchor_then_diversity(models, config, x_t1, x_t2, v_base, sigma, k, conds, 
         sft = sft.detach()
     if x_t2 is None:
         return LossTerms(L.combine(sft, None, config.lambda_div), sft, None, k, float(sigma))
-    x0_t1, x0_t2 = teacher_x0(models, [x_t1, x_t2], sigma, conds, config.teacher_cfg)
+    if teacher is None:
+        teacher = teacher_x0(models, [x_t1, x_t2], sigma, conds, config.teacher_cfg)
+    x0_t1, x0_t2 = teacher
     masked = models.assistant() if models.assistant is not None else contextlib.nullcontext()
     with torch.enable_grad():
         with masked:  # assistant OFF exactly for this forward: the raw collapsed manifold
@@ -123,9 +136,11 @@ def _anchor_then_diversity(models, config, x_t1, x_t2, v_base, sigma, k, conds, 
     return LossTerms(L.combine(sft, div, config.lambda_div), sft, div, k, float(sigma))
 
 
-def _joint(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward) -> LossTerms:
+def _joint(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward, teacher=None) -> LossTerms:
     """No assistant: anchor (z1) and diversity (z2) run the same weights, so ONE grad forward and one backward."""
-    x0_t1, x0_t2 = teacher_x0(models, [x_t1, x_t2], sigma, conds, config.teacher_cfg)
+    if teacher is None:
+        teacher = teacher_x0(models, [x_t1, x_t2], sigma, conds, config.teacher_cfg)
+    x0_t1, x0_t2 = teacher
     with torch.enable_grad():
         x0_pol, x0_s2 = _student_x0(models, [x_t1, x_t2], sigma, conds)
         v_pol = L.velocity_from_x0(x_t1, x0_pol, sigma)

@@ -12,6 +12,7 @@ import torch
 from sda_core.training import load_checkpoint
 from sdatest import registry, tiny_models
 from sdatest.adapter_files import write_lora, write_sda_lokr
+from sdatest.comfy_calls import COUNTED, count_model_calls
 from sdatest.graph import Graph
 
 SETTINGS = dict(prompts="", width=64, height=64, learning_rate=1e-3, lambda_div=1.0, huber_delta=0.08, pool_kernel=8,
@@ -63,31 +64,9 @@ def test_the_shared_teacher_predicts_what_the_teacher_model_predicts_alone(comfy
     torch.testing.assert_close(shared, alone, rtol=0, atol=1e-5)
 
 
-COUNTED = ("load_models_gpu", "free_memory", "patch_model", "unpatch_model")
-
-
 @pytest.fixture
 def counts(monkeypatch, comfy):
-    """Calls of ComfyUI's model loading and patching, counted where ComfyUI makes them."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    calls = dict.fromkeys(COUNTED, 0)
-
-    def counting(owner, name):
-        original = getattr(owner, name)
-
-        def wrapper(*args, **kwargs):
-            calls[name] += 1
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(owner, name, wrapper)
-
-    for name in ("load_models_gpu", "free_memory"):
-        counting(mm, name)
-    for name in ("patch_model", "unpatch_model"):
-        counting(comfy.model_patcher.ModelPatcher, name)
-    return calls
+    return count_model_calls(monkeypatch)
 
 
 def _per_step(comfy, counts, name: str) -> dict[str, float]:
