@@ -62,6 +62,9 @@ TARGET_SHARED_TEACHER = 1.1
 
 TINY = {"dim": 256, "n_layers": 2, "size": 32, "batch": 1}
 WITH_ASSISTANT = [False]  # --assistant (set by main)
+# Sessions left open for the whole run: a collected session would close its contexts (e.g. the differentiable
+# RoPE that ComfyUI 0.8 needs) while its denoisers are still in use.
+OPEN_SESSIONS: list = []
 
 
 def default_builder() -> tuple[SDAModels, SDAConfig]:
@@ -94,6 +97,7 @@ def comfy_zimage_builder() -> tuple[SDAModels, SDAConfig]:
     session = training.Session.open(student, teacher, config, training.lokr_targets(student, False), prompts, None,
                                     assistant, False)
     session.start()  # left open: the bench process ends with it
+    OPEN_SESSIONS.append(session)
     return session.models, config
 
 
@@ -124,6 +128,7 @@ def comfy_teachers_builder(shared: bool) -> Callable[[], tuple[SDAModels, SDACon
         session = training.Session.open(student, teacher, config, training.lokr_targets(student, False), prompts, None,
                                         None, False)
         session.start()  # left open: the bench process ends with it
+        OPEN_SESSIONS.append(session)
         print(f"{'shared' if shared else 'separate'} teacher: {session.residency.describe()}")
         return session.models, config
 
