@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .clip_score import ClipScore
 from .grid import compose_rows, draw_seed_grid
 from .scores import DEFINITIONS, DiversityScores, definitions_markdown
 from .table import comparison_rows, markdown_table, setting_warnings
@@ -25,6 +26,7 @@ class DiversityResult:
     matrix: torch.Tensor  # [N, N] pairwise LPIPS
     settings: dict[str, Any] = field(default_factory=dict)
     grid: torch.Tensor | None = None
+    clip_score: ClipScore | None = None  # prompt fidelity, when CLIP towers were connected
     seconds_per_image: float | None = None  # sampling (and decoding) time per image, when measured
 
     @property
@@ -35,6 +37,7 @@ class DiversityResult:
     def entry(self) -> dict[str, Any]:
         """This result as one row of a comparison (sda_core.diversity.table)."""
         return {**self.scores.to_dict(), "label": self.label, "seeds": list(self.seeds), "size": self.size,
+                "clip_score": self.clip_score.mean if self.clip_score is not None else None,
                 "seconds_per_image": self.seconds_per_image}
 
     def draw_grid(self, header_lines: Sequence[str]) -> torch.Tensor:
@@ -49,9 +52,12 @@ def score_lines(scores: DiversityScores) -> list[str]:
     ]
 
 
-def grid_header(label: str, settings: dict[str, Any], scores: DiversityScores) -> list[str]:
+def grid_header(label: str, settings: dict[str, Any], scores: DiversityScores,
+                clip_score: ClipScore | None = None) -> list[str]:
     shown = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "note")
     lines = [label, shown, *score_lines(scores)]
+    if clip_score is not None:
+        lines.append(clip_score.line())
     if settings.get("note"):
         lines.append(settings["note"])
     return lines
@@ -81,6 +87,7 @@ def grid_report(result: DiversityResult) -> str:
         "scores": result.scores.to_dict(),
         "seconds_per_image": result.seconds_per_image,
         "pairwise_lpips": _pair_summary(result.matrix, result.seeds),
+        **({"clip_score": result.clip_score.to_dict()} if result.clip_score is not None else {}),
         "definitions": DEFINITIONS,
     }, indent=2)
 
