@@ -12,7 +12,7 @@ from comfy_api.latest import io
 from ..sda_core.methods.condition_annealing import anneal, check_settings as check_annealing, gamma
 from ..sda_core.methods.conditioning_noise import add_conditioning_noise, check_settings as check_noise
 from ..sda_core.methods.per_image import gaussian
-from ..sda_core.schedule import window_strengths
+from ..sda_core.step_strengths import window_strengths
 from .positive_edit import PositiveEdit
 
 CATEGORY = "SDA/methods"

@@ -12,8 +12,8 @@ import comfy.patcher_extension
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..sda_core.methods.model_by_step import segments
-from ..sda_core.schedule import window_strengths
+from ..sda_core.methods.step_segments import segments
+from ..sda_core.step_strengths import window_strengths
 
 CATEGORY = "SDA/methods"
 ADDITIONAL_MODELS_KEY = "sda_model_by_step"

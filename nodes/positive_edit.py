@@ -17,7 +17,7 @@ import torch
 import comfy.patcher_extension
 
 from ..sda_core.methods.per_image import image_keys
-from ..sda_core.schedule import step_of_sigma
+from ..sda_core.step_strengths import step_of_sigma
 
 POSITIVE = 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..schedule import window_strengths
+from ..step_strengths import window_strengths
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sda_core.methods.model_by_step import Segment, segments
+from sda_core.methods.step_segments import Segment, segments
 
 
 @pytest.mark.parametrize("steps, start, end, expected", [
