@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from sdatest.workflow_api import CORE_TYPES, load_builder
+from sdatest.workflow_api import CORE_TYPES
+from workflow_flows import all_flows
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -52,14 +53,19 @@ def workflow(request) -> dict[str, Any]:
     return json.loads(request.param.read_text(encoding="utf-8"))
 
 
-def test_every_buildable_workflow_is_shipped():
-    """A workflow whose nodes are all registered must be in workflows/ (and nothing else is there)."""
-    ready, _waiting = load_builder().buildable(CORE_TYPES | registered_node_ids())
-    expected = {f.name for f in ready}
-    assert {"sda_lokr_basic", "sda_style_stack", "training_adapter_inversion"} <= expected
-    if "SDAScheduledAdapter" in registered_node_ids():
-        assert "sda_early_steps" in expected
-    assert {p.stem for p in WORKFLOWS} == expected
+def test_every_described_workflow_is_shipped_and_nothing_else():
+    """workflows/ holds exactly the workflows scripts/workflow_flows.py describes."""
+    described = {f.name for f in all_flows()}
+    assert {"sda_lokr_basic", "sda_style_stack", "training_adapter_inversion", "sda_early_steps"} <= described
+    assert {p.stem for p in WORKFLOWS} == described
+
+
+def test_described_workflows_use_only_core_and_registered_node_types():
+    """A description naming a node type the registry does not list fails here, not in a user's browser."""
+    ours = registered_node_ids()
+    for flow in all_flows():
+        unknown = sorted(flow.types - CORE_TYPES - ours)
+        assert not unknown, f"{flow.name}: node types neither core (CORE_TYPES) nor registered by the pack: {unknown}"
 
 
 def test_top_level_format(workflow):
@@ -128,10 +134,7 @@ def test_nodes_do_not_overlap(workflow):
 def test_early_steps_workflow_compares_four_schedules():
     """Issue 7: baseline vs SDA on all steps vs the first 2 / 4 steps, four grids into one compare -> Save,
     and a Note on the trade-off."""
-    path = REPO / "workflows" / "sda_early_steps.json"
-    if not path.exists():
-        pytest.skip("sda_early_steps.json is not shipped yet (SDAScheduledAdapter not registered)")
-    wf = json.loads(path.read_text(encoding="utf-8"))
+    wf = json.loads((REPO / "workflows" / "sda_early_steps.json").read_text(encoding="utf-8"))
     nodes = {n["id"]: n for n in wf["nodes"]}
     by_type: dict[str, list[dict[str, Any]]] = {}
     for n in wf["nodes"]:
