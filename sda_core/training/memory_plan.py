@@ -196,7 +196,7 @@ class MemoryPlan:
             f"  weights: student {gib(self.student_weights)}, {teacher[f.teacher]}",
             f"  LoKr: {f.lokr_params:,} parameters, {gib(self.lokr_state)} with gradients, AdamW state and a copy",
             f"  activations: grad forward of {f.grad_rows} rows x {f.tokens} tokens through "
-            f"{sum(f.trained_blocks)} blocks {gib(self.grad)} (gradient checkpointing {ckpt}); "
+            f"{sum(f.trained_blocks)} blocks {gib(self.grad)} (checkpointing {ckpt}); "
             f"rollout {gib(self.rollout)}; teacher forward of {f.teacher_rows} rows {gib(self.teacher_forward)}",
         ]
 
