@@ -232,7 +232,7 @@ class Bench:
             return Row(what, note=N_A)  # wired when the session can share weights and batch the teacher
         from sda_core.training.loop import draw_step, make_optimizer, train_step
         from sda_core.training.memory_plan import estimate
-        from sda_core.training.schedule import flow_sigmas
+        from sda_core.training.trajectory import flow_sigmas
 
         training, student, teacher = self.training, self.student, self.teacher
         latent = self.args.size // 8

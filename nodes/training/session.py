@@ -18,7 +18,7 @@ import comfy.samplers
 import comfy.utils
 
 from ...sda_core.adapters import LoadedAdapter, Target
-from ...sda_core.schedule import ScheduledWeight
+from ...sda_core.step_strengths import ScheduledWeight
 from ...sda_core.training import LoKrSet, SDAConfig, SDAModels, SlicedLoKr, flow_sigmas
 from ...sda_core.training.grad_checkpoint import Switches, checkpoint_blocks
 from ...sda_core.training.rope import with_rotation_backward

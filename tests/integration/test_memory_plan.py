@@ -46,7 +46,7 @@ def test_the_estimate_is_within_25_percent_of_the_measured_peak_of_real_training
                                                                                      checkpointing):
     from sda_core.training.loop import draw_step, make_optimizer, train_step
     from sda_core.training.memory_plan import estimate
-    from sda_core.training.schedule import flow_sigmas
+    from sda_core.training.trajectory import flow_sigmas
 
     training, memory = _pack(comfy)
     student, teacher = _zimage(0, dim, layers), _zimage(1, dim, layers)
