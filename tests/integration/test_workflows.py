@@ -12,11 +12,13 @@ import pytest
 from PIL import Image
 
 import workflow_flows as flows
-from sdatest.workflow_api import (CORE_TYPES, TINY_LOADERS, WORKFLOWS_DIR, combo_options, control_values,
-                                  tiny_variant, to_api, widget_values, write_tiny_model_files)
+from sdatest.workflow_api import (CORE_TYPES, SAVED_WORKFLOWS_DIR, TINY_LOADERS, WORKFLOWS_DIR, as_loaded,
+                                  combo_options, control_values, tiny_variant, to_api, widget_values,
+                                  write_tiny_model_files)
 from workflow_compiler import CONTROL, VIRTUAL_TYPES, Out, input_specs, node_defs, node_ids, workflow_text
 
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
+SAVED_WORKFLOWS = sorted(SAVED_WORKFLOWS_DIR.glob("*.json"))
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 TINY_SIDE = 64
 
@@ -28,7 +30,7 @@ def _load(name: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def defs(comfy) -> dict[str, dict[str, Any]]:
     """ComfyUI's definitions of every node type the workflows (and their tiny variants) use."""
-    types = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
+    types = {n["type"] for p in WORKFLOWS + SAVED_WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
     types |= {tiny for tiny, _ in TINY_LOADERS.values()}
     import nodes
 
@@ -139,6 +141,27 @@ def test_comfyui_validates_the_converted_workflow(comfy, workflow, defs, model_f
     assert not set(muted) & set(prompt), "muted nodes must not be sent"
     linked = {tuple(v) for n in prompt.values() for v in n["inputs"].values() if isinstance(v, list)}
     assert not {origin for origin, _ in linked} - set(prompt), "a link points at a node that is not sent"
+
+
+@pytest.mark.parametrize("path", SAVED_WORKFLOWS, ids=[p.stem for p in SAVED_WORKFLOWS])
+def test_workflows_saved_with_0_1_0_still_load_and_validate(comfy, defs, model_files, path):
+    """Node ids and input names are a public contract: a workflow saved before display names changed and
+    nodes gained inputs loads with its values in the same widgets, and ComfyUI accepts the prompt."""
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    loaded = as_loaded(saved, defs)
+    _assert_widgets_fit(loaded, defs)
+    prompt = to_api(loaded, defs)
+    outputs = comfy.validate(prompt)
+    assert {i for i, n in prompt.items() if n["class_type"] == "SaveImage"} <= set(outputs)
+    today = {n["id"]: n for n in json.loads((WORKFLOWS_DIR / path.name).read_text(encoding="utf-8"))["nodes"]}
+    for node in loaded["nodes"]:  # a widget inserted before older ones would shift the saved values
+        current = today.get(node["id"])
+        if node["type"] in VIRTUAL_TYPES or current is None or current["type"] != node["type"]:
+            continue
+        defn = defs[node["type"]]
+        assert widget_values(node, defn) == widget_values(current, defn), (
+            f"{path.name} node {node['id']} ({node['type']}): saved values land in other widgets than in today's "
+            "workflow; add new widgets after the old ones (or, if the shipped value changed on purpose, say so here)")
 
 
 def _saved_images(comfy, prompt: dict, outputs: dict) -> list[Image.Image]:

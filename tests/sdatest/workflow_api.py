@@ -26,6 +26,9 @@ CORE_TYPES = frozenset({
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = REPO / "workflows"
+# The workflows as shipped in 0.1.0, before issue 12 renamed display names and nodes gained inputs: users
+# hold copies of these, so they must keep loading (tests/integration/test_workflows.py, tests/e2e/).
+SAVED_WORKFLOWS_DIR = REPO / "tests" / "fixtures" / "workflows_0.1.0"
 
 
 class WorkflowError(ValueError):
@@ -56,6 +59,23 @@ def control_values(node: dict[str, Any], node_def: dict[str, Any]) -> dict[str, 
     slots = widget_slots(node_def)
     values = node.get("widgets_values") or []
     return {slots[i - 1]: values[i] for i, name in enumerate(slots) if name == CONTROL}
+
+
+def as_loaded(workflow: dict[str, Any], node_defs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A saved workflow as the frontend loads it into today's nodes: saved widget values fill the widgets in
+    order and widgets added since keep their defaults (a control widget "fixed"); more values than widgets
+    is a WorkflowError, since the frontend would drop some. Node ids, links and inputs stay as saved."""
+    wf = copy.deepcopy(workflow)
+    for node in wf["nodes"]:
+        if node["type"] in VIRTUAL_TYPES:
+            continue
+        node_def = node_defs[node["type"]]
+        saved, slots = list(node.get("widgets_values") or []), widget_slots(node_def)
+        if len(saved) > len(slots):
+            raise WorkflowError(f"node {node['id']} ({node['type']}): {len(saved)} saved widget values for "
+                                f"{len(slots)} widgets {slots}")
+        node["widgets_values"] = saved + _widget_list(node_def, {})[len(saved):]
+    return wf
 
 
 def _is_sent(node: dict[str, Any]) -> bool:
