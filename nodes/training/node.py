@@ -22,7 +22,8 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ...sda_core.training import Checkpoint, LoKrSet, SDAConfig, TrainingDiverged, TrainResult, load_checkpoint, train
+from ...sda_core.training import (Checkpoint, LoKrSet, SDAConfig, TeacherNotFinite, TrainingDiverged, TrainResult,
+                                  load_checkpoint, train)
 from ...sda_core.training.plot import draw_loss_curves, summarize
 from .. import host
 from .checks import (CATEGORY, NONE, REPORT_WINDOW, RunFiles, describe_model, latent_shape, lokr_targets,
@@ -82,8 +83,9 @@ def _start_evaluator(session: Session, plan: EvalPlan | None, config: SDAConfig,
     evaluator = Evaluator(session, plan, config.student_steps, files.best_factors)
     if checkpoint is not None:
         notes += filter(None, [evaluator.restore(checkpoint.extra)])
-    if not evaluator.history:
-        evaluator(checkpoint.step if checkpoint is not None else 0)
+    step = checkpoint.step if checkpoint is not None else 0
+    if not evaluator.history or (step % plan.every == 0 and evaluator.history[-1]["step"] != step):
+        evaluator(step)  # the first eval, or the one a Cancel cut short before the checkpoint
     return evaluator
 
 
@@ -99,19 +101,37 @@ def _train(session: Session, config: SDAConfig, files: RunFiles, checkpoint: Che
             evaluator(step)
 
     def should_stop() -> bool:
-        return progress.interrupted or (evaluator is not None and evaluator.interrupted) or mm.processing_interrupted()
+        return progress.interrupted or (evaluator is not None and evaluator.interrupted) or _take_cancel()
 
     def extra() -> dict:
         return {**details, **(evaluator.state() if evaluator else {})}
 
     os.makedirs(os.path.dirname(files.checkpoint), exist_ok=True)
     try:
-        return train(session.models, config, on_step=on_step, should_stop=should_stop, resume=checkpoint,
-                     checkpoint_path=files.checkpoint, checkpoint_extra=extra)
+        result = train(session.models, config, on_step=on_step, should_stop=should_stop, resume=checkpoint,
+                       checkpoint_path=files.checkpoint, checkpoint_extra=extra,
+                       interrupts=(mm.InterruptProcessingException,))
+    except TeacherNotFinite as exc:
+        raise RuntimeError(f"teacher: {details['teacher']}: {exc} No LoKr was saved. Check the teacher model file "
+                           "(load it alone and sample) or load it in a wider dtype (fp32/bf16 instead of fp16).") from None
     except TrainingDiverged as exc:
         path, _ = save_run_lokr(files, session.lokr, files.save_name + "_diverged", config, exc.last_good_step,
                                 {**details, "diverged": True})
         raise RuntimeError(f"{exc} That LoKr was saved as {path}.") from None
+    if evaluator is not None and evaluator.interrupted:
+        result.stopped = f"during the eval render after step {result.steps}"
+    elif progress.interrupted:
+        result.stopped = f"at the progress update after step {result.steps}"
+    return result
+
+
+def _take_cancel() -> bool:
+    """ComfyUI's Cancel flag, consumed: the node stops, saves and returns normally, so the executor must not
+    interrupt it again (ComfyUI's own `throw_exception_if_processing_interrupted` clears it the same way)."""
+    if not mm.processing_interrupted():
+        return False
+    mm.interrupt_current_processing(False)
+    return True
 
 
 def _save(session: Session, config: SDAConfig, files: RunFiles, result: TrainResult, evaluator: Evaluator | None,
@@ -161,7 +181,8 @@ def build_report(files: RunFiles, config: SDAConfig, outcome: Outcome, prompt_no
                  assistant: str) -> str:
     result = outcome.result
     if result.interrupted:
-        status = f"interrupted at step {result.steps} of {config.steps}; continue with resume on"
+        status = (f"interrupted at step {result.steps} of {config.steps} ({result.stopped}); the LoKr and checkpoint "
+                  f"hold step {result.steps}; continue with resume on")
     else:
         status = f"{result.steps} of {config.steps} steps done"
     rank = "full w2" if config.rank is None else f"rank {config.rank}"

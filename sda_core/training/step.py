@@ -35,6 +35,7 @@ class LossTerms:
     diversity: torch.Tensor | None
     k: int
     sigma: float
+    teacher_finite: bool | None = None  # None: the step did not run the teacher (a pure-anchor step)
 
 
 def _sigma_rows(sigma: float, x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +113,7 @@ def _anchor_then_diversity(models, config, x_t1, x_t2, v_base, sigma, k, conds, 
     if x_t2 is None:
         return LossTerms(L.combine(sft, None, config.lambda_div), sft, None, k, float(sigma))
     x0_t1, x0_t2 = teacher_x0(models, [x_t1, x_t2], sigma, conds, config.teacher_cfg)
+    teacher_ok = _all_finite(x0_t1, x0_t2)
     masked = models.assistant() if models.assistant is not None else contextlib.nullcontext()
     with torch.enable_grad():
         with masked:  # assistant OFF exactly for this forward: the raw collapsed manifold
@@ -120,12 +122,17 @@ def _anchor_then_diversity(models, config, x_t1, x_t2, v_base, sigma, k, conds, 
     if backward:
         (config.lambda_div * div).backward()
         div = div.detach()
-    return LossTerms(L.combine(sft, div, config.lambda_div), sft, div, k, float(sigma))
+    return LossTerms(L.combine(sft, div, config.lambda_div), sft, div, k, float(sigma), teacher_ok)
+
+
+def _all_finite(*xs: torch.Tensor) -> bool:
+    return bool(torch.stack([torch.isfinite(x).all() for x in xs]).all())
 
 
 def _joint(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward) -> LossTerms:
     """No assistant: anchor (z1) and diversity (z2) run the same weights, so ONE grad forward and one backward."""
     x0_t1, x0_t2 = teacher_x0(models, [x_t1, x_t2], sigma, conds, config.teacher_cfg)
+    teacher_ok = _all_finite(x0_t1, x0_t2)
     with torch.enable_grad():
         x0_pol, x0_s2 = _student_x0(models, [x_t1, x_t2], sigma, conds)
         v_pol = L.velocity_from_x0(x_t1, x0_pol, sigma)
@@ -136,4 +143,4 @@ def _joint(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward) -> Los
         if torch.isfinite(total):
             total.backward()
         total, sft, div = total.detach(), sft.detach(), div.detach()
-    return LossTerms(total, sft, div, k, float(sigma))
+    return LossTerms(total, sft, div, k, float(sigma), teacher_ok)

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 from sda_core.training import (
-    Checkpoint, TrainingDiverged, alignment, load_checkpoint, save_checkpoint, train,
+    Checkpoint, TeacherNotFinite, TrainingDiverged, alignment, load_checkpoint, save_checkpoint, train,
 )
 from sda_core.training.loop import draw_step, make_optimizer, step_seed, train_step
 from sda_core.training.schedule import flow_sigmas
@@ -211,7 +211,7 @@ def test_repeated_nan_raises_diverged_with_last_good_weights():
     def on_step(step, entry):
         poison.on = step >= 3
 
-    with pytest.raises(TrainingDiverged, match="3 consecutive") as info:
+    with pytest.raises(TrainingDiverged, match="3 steps with a non-finite") as info:
         train(tp.models, tp.config, on_step=on_step)
     assert info.value.last_good_step == 3 and info.value.step == 6
     a, b = _lokr_tensors(clean), _lokr_tensors(tp)
@@ -257,3 +257,70 @@ def test_an_update_that_overflows_the_weights_is_undone(monkeypatch):
     assert info.value.last_good_step == 2 and info.value.step == 4
     a, b = _lokr_tensors(clean), _lokr_tensors(tp)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_nan_teacher_stops_the_run_naming_it_although_pure_anchor_steps_succeed_between():
+    """Every diversity step is skipped (NaN targets); the pure-anchor steps (k = 7) between them train fine and
+    must not hide the broken teacher by resetting the count."""
+    tp = toy_problem(steps=40, max_bad_steps=4, div_skip=4)  # k >= 4: pure anchor, about half the steps
+    poison = Poison(tp.teacher)
+    poison.on = True
+    tp.models = dataclasses.replace(tp.models, teacher=poison)
+    seen = []
+    with pytest.raises(TeacherNotFinite, match="teacher's predictions were non-finite .* 4 steps in a row") as info:
+        train(tp.models, tp.config, on_step=lambda step, entry: seen.append(entry))
+    kinds = ["anchor" if h["k"] >= 4 else "div" for h in seen]
+    assert any(a == "div" and b == "anchor" for a, b in zip(kinds, kinds[1:])), kinds  # the old code reset here
+    assert all(h["skipped"] == (h["k"] < 4) for h in seen)  # the anchor steps did train
+    assert sum(k == "div" for k in kinds) == 3 and info.value.step == len(seen) + 1
+
+
+def test_pure_anchor_successes_do_not_reset_the_count_of_skipped_diversity_steps():
+    tp = toy_problem(steps=40, max_bad_steps=4, div_skip=4)  # seed 0 draws k = 0, 1, 2, 7, 1, ...
+    poison = Poison(tp.student)
+    tp.models = dataclasses.replace(tp.models, student=poison)
+    real = draw_step
+
+    def poisoned_when_diverse(config, step, n):
+        d = real(config, step, n)
+        poison.on = d.k < 4
+        return d
+
+    import sda_core.training.loop as loop
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(loop, "draw_step", poisoned_when_diverse)
+        with pytest.raises(TrainingDiverged, match="4 steps with a non-finite") as info:
+            train(tp.models, tp.config)
+    ks = [real(tp.config, s, 1).k for s in range(info.value.step)]
+    assert ks == [0, 1, 2, 7, 1] and info.value.last_good_step == 4  # the good anchor step 4 reset nothing
+
+
+def test_an_undone_update_restores_adamws_moments_and_step_count_with_the_weights(monkeypatch):
+    """After an overflowing update is undone, the next good update is the one a run without it would make."""
+    class OverflowOnce(torch.optim.AdamW):
+        calls = 0
+
+        def step(self, closure=None):
+            super().step(closure)
+            OverflowOnce.calls += 1
+            if OverflowOnce.calls == 3:  # the third update overflows the weights
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+
+    import sda_core.training.loop as loop
+
+    tp = toy_problem(steps=4)
+    seen = {}
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", OverflowOnce)
+    monkeypatch.setattr(loop, "draw_step", lambda config, step, n: draw_step(config, min(step, 1), n))
+    r = train(tp.models, tp.config, on_step=lambda step, entry: seen.update({step: _lokr_tensors(tp)}))
+    assert [h["skipped"] for h in r.history] == [False, False, True, False]
+    assert all(torch.equal(seen[3][n], seen[2][n]) for n in seen[2])
+    # reference: the same draws with no overflow: its third update must equal our fourth (state restored)
+    monkeypatch.setattr(torch.optim, "AdamW", adamw)
+    ref = toy_problem(steps=3)
+    train(ref.models, ref.config)
+    ours = _lokr_tensors(tp)
+    assert all(torch.equal(ours[n], v) for n, v in _lokr_tensors(ref).items())
