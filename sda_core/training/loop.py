@@ -10,6 +10,7 @@ Callers own grad mode: call from outside `torch.inference_mode()`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -82,7 +83,10 @@ def train_step(
     z1, z2 = draw.z1.to(models.device), draw.z2.to(models.device)
     optimizer.zero_grad(set_to_none=True)
     zs = [z1, z2] if uses_diversity(draw.k, config.div_skip) else [z1]  # a pure-anchor step never reads z2
-    x_t1, *x_t2 = rollout(models.student, zs, sigmas, draw.k, conds, models.batch_conds)
+    # x_t on the trajectory users sample: the student (LoKr on) without the training-only assistant adapter
+    assistant_off = models.assistant is not None and not config.rollout_with_assistant
+    with models.assistant() if assistant_off else contextlib.nullcontext():
+        x_t1, *x_t2 = rollout(models.student, zs, sigmas, draw.k, conds, models.batch_conds)
     x_t2 = x_t2[0] if x_t2 else None
     terms = sda_loss(models, config, x_t1, x_t2, float(sigmas[draw.k]), draw.k, conds, backward=True)
     if not torch.isfinite(terms.total):

@@ -1,6 +1,7 @@
 """The loop end to end: the toy's known answer, exact resume, skipped/diverged steps, interrupt."""
 import dataclasses
 import json
+import math
 import os
 
 import pytest
@@ -11,7 +12,7 @@ from sda_core.training import (
     Checkpoint, TeacherNotFinite, TrainingDiverged, alignment, load_checkpoint, save_checkpoint, train,
 )
 from sda_core.training.loop import draw_step, make_optimizer, step_seed, train_step
-from sda_core.training.schedule import flow_sigmas
+from sda_core.training.schedule import flow_sigmas, rollout
 from sdatest.toy_training import tiny_dit_problem, toy_problem
 
 
@@ -324,3 +325,55 @@ def test_an_undone_update_restores_adamws_moments_and_step_count_with_the_weight
     train(ref.models, ref.config)
     ours = _lokr_tensors(tp)
     assert all(torch.equal(ours[n], v) for n, v in _lokr_tensors(ref).items())
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}"])
+def test_a_damaged_checkpoint_is_a_value_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "broken.ckpt.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(str(path))
+    assert str(path) in str(info.value) and "not a readable SDA training checkpoint" in str(info.value)
+
+
+@pytest.mark.parametrize("with_assistant_in_rollout", [False, True])
+def test_x_t_is_rolled_out_with_the_assistant_off_unless_asked(monkeypatch, with_assistant_in_rollout):
+    """Users sample the trained student without the training-only assistant: by default the rollout to x_t
+    follows that trajectory; `rollout_with_assistant` puts the assistant back for it."""
+    import sda_core.training.loop as loop
+
+    tp = toy_problem(steps=6, with_assistant=True, rollout_with_assistant=with_assistant_in_rollout)
+    states = []
+
+    def rollout_spy(denoise, zs, sigmas, k, conds, batch_conds=None):
+        def watched(x, sigma, cond):
+            states.append(tp.assistant.enabled)
+            return denoise(x, sigma, cond)
+
+        return rollout(watched, zs, sigmas, k, conds, batch_conds)
+
+    monkeypatch.setattr(loop, "rollout", rollout_spy)
+    train(tp.models, tp.config)
+    assert states and set(states) == {with_assistant_in_rollout}  # every rollout forward, not just some
+    assert tp.assistant.enabled, "the assistant must be on again after the rollout"
+
+
+@pytest.mark.parametrize("grad_clip, max_norm", [(1.0, 1.0), (0.25, 0.25), (0.0, math.inf)])
+def test_grad_clip_is_the_max_norm_of_the_clipping_and_zero_turns_it_off(monkeypatch, grad_clip, max_norm):
+    import sda_core.training.loop as loop
+
+    seen = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, m: seen.append(m) or clip(params, m))
+    tp = toy_problem(steps=2, grad_clip=grad_clip)
+    train(tp.models, tp.config)
+    assert seen == [max_norm, max_norm] and loop.SDAConfig().grad_clip == 1.0
+
+
+def test_a_clipped_step_moves_the_factors_otherwise_than_an_unclipped_one():
+    runs = {}
+    for grad_clip in (0.0, 1e-4):
+        tp = toy_problem(steps=3, grad_clip=grad_clip)
+        train(tp.models, tp.config)
+        runs[grad_clip] = _lokr_tensors(tp)
+    assert not torch.equal(runs[0.0]["mix.w2"], runs[1e-4]["mix.w2"])

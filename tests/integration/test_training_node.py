@@ -111,7 +111,7 @@ def test_trains_saves_and_the_file_reloads_through_comfyuis_lora_loader(comfy, p
     g = Graph()
     student, teacher = _models(g, shared=True)
     cond = g.add("SDATest_TinyConditioning", seed=0, tokens=8)
-    node = _train(g, student, teacher, _prompts(g), save_name="sda_run")
+    node = _train(g, student, teacher, _prompts(g), save_name="sda_run", grad_clip=0.5)
     _denoise(g, node[0], cond, "trained")
     g.add("SDATest_Capture", value=node[1], key="path")
     g.add("SDATest_Capture", value=node[2], key="image")
@@ -120,6 +120,9 @@ def test_trains_saves_and_the_file_reloads_through_comfyuis_lora_loader(comfy, p
     assert path == str(comfy.folder("loras") / "sda_run.safetensors")
     report = _report(outputs, node)
     assert "20 of 20 steps done" in report and "prompts: 2 from the conditioning input" in report
+    assert "grad_clip 0.5," in report
+    stop_sigma = _comfyui_sigmas(8)[7]  # ComfyUI's own simple schedule for the tiny Z-Image (shift 3)
+    assert f"it stops at σ {stop_sigma:.3f} (step 7 of 8, shift 3)" in report and f"{stop_sigma:.3f}" == "0.300"
     assert outputs[node.id]["images"], "the loss curves are shown on the node"
     image = registry.take("image")
     assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3
@@ -143,6 +146,7 @@ def test_trains_saves_and_the_file_reloads_through_comfyuis_lora_loader(comfy, p
     assert meta["sda_steps"] == "20" and meta["sda_base_model"] == "ZImage" and meta["sda_prompt_count"] == "2"
     config = json.loads(meta["sda_config"])
     assert config["steps"] == 20 and config["factor"] == 8 and config["rank"] is None and config["shift"] == 3.0
+    assert config["grad_clip"] == 0.5 and config["rollout_with_assistant"] is False
     assert json.loads(meta["ss_network_args"])["algo"] == "lokr"
 
     g = Graph()
@@ -157,6 +161,13 @@ def test_trains_saves_and_the_file_reloads_through_comfyuis_lora_loader(comfy, p
     assert (trained - base_before).abs().max() > 1e-4, "the LoKr changed nothing: the test could not tell"
     torch.testing.assert_close(trained, theirs, rtol=0, atol=1e-6)
     assert torch.equal(base_after, base_before), "the input student was modified by training"
+
+
+def _comfyui_sigmas(steps: int) -> list[float]:
+    import comfy.samplers
+
+    sampling = tiny_models.tiny_zimage(0).get_model_object("model_sampling")
+    return comfy.samplers.calculate_sigmas(sampling, "simple", steps).tolist()
 
 
 def _assert_lycoris_loads(tensors):
@@ -275,8 +286,14 @@ def test_memory_short_loads_the_teacher_only_for_its_forwards_and_trains_the_sam
     ("escape", "save_name: refusing to write"),
     ("div_skip", "div_skip must lie in 0..8"),
     ("no_vae", "eval_every: connect a vae"),
+    ("long_name", "(300 characters): it is 300 bytes long; with the '_diverged_9999.safetensors' added to it, the "
+                  "file name would be 326 bytes, over the 255 this file system allows; shorten it to at most 229"),
+    ("windows_name", "save_name: 'x:y*?<>|': the characters '*' ':' '<' '>' '?' '|' are not allowed in file names"),
+    ("text_width", "text feature input (cap_embedder): the student's weight is [256, 32] (width 256), the teacher's "
+                   "[512, 64] (width 512): both must read the same 32-wide conditioning"),
+    ("garbage_checkpoint", "is not a readable SDA training checkpoint (SafetensorError"),
 ])
-def test_refuses_what_it_cannot_train_with_a_clear_error(comfy, case, message):
+def test_refuses_what_it_cannot_train_with_a_clear_error_before_any_step(comfy, progress, case, message):
     g = Graph()
     student, teacher = _models(g)
     if case == "eps_student":
@@ -292,12 +309,27 @@ def test_refuses_what_it_cannot_train_with_a_clear_error(comfy, case, message):
         overrides = {"eval_every": 2}
     if case == "no_clip":
         overrides = {"prompts": "a cat\na dog"}
+    if case == "long_name":
+        overrides = {"save_name": "n" * 300}
+    if case == "windows_name":
+        overrides = {"save_name": "x:y*?<>|"}
+    if case == "text_width":
+        teacher = g.add("SDATest_TinyZImageVariant", seed=1, model_type="FLOW", in_channels=16, dim=512, cap_feat_dim=64)
+    if case == "garbage_checkpoint":
+        garbage = comfy.output_dir / "sda_checkpoints" / "garbage.ckpt.safetensors"
+        garbage.parent.mkdir(exist_ok=True)
+        garbage.write_bytes(b"not a safetensors file")
+        overrides = {"save_name": "garbage", "resume": True}
+        message = f"resume: {garbage} {message}"
     conditioning = None if case in ("no_prompts", "no_clip") else _prompts(g)
     _train(g, student, teacher, conditioning, steps=2, **overrides)
     with pytest.raises(PromptFailed) as failed:
         comfy.run(g.prompt())
     assert failed.value.node_type == "SDATrainLoKr"
     assert message in failed.value.message
+    assert not [total for _, total in progress if total == 2], "refused only after training had started"
+    if case == "garbage_checkpoint":
+        assert "Delete or move that file" in failed.value.message
 
 
 def test_assistant_adapter_shared_teacher_cfg_refiners_rank_and_checkpointing(comfy, adapters):

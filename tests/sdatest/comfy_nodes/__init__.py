@@ -62,12 +62,13 @@ class TinyZImageVariant:
         }, "optional": {
             "dim": ("INT", {"default": 256, "min": 256, "max": 1024, "step": 64}),
             "nan_weights": ("BOOLEAN", {"default": False}),
+            "cap_feat_dim": ("INT", {"default": 32, "min": 8, "max": 256}),
         }}
 
-    def build(self, seed, model_type, in_channels, dim=256, nan_weights=False):
+    def build(self, seed, model_type, in_channels, dim=256, nan_weights=False, cap_feat_dim=32):
         if model_type == "FLOW":
             model = tiny_models.tiny_zimage(seed, in_channels=in_channels, dim=dim, n_heads=dim // 64,
-                                            n_kv_heads=dim // 64)
+                                            n_kv_heads=dim // 64, cap_feat_dim=cap_feat_dim)
             if nan_weights:
                 with torch.no_grad():
                     for name, p in model.model.diffusion_model.named_parameters():
