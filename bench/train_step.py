@@ -48,7 +48,7 @@ from sda_core.training import loss as L  # noqa: E402
 from sda_core.training.batching import concat_conds  # noqa: E402
 from sda_core.training.config import SDAConfig, SDAModels  # noqa: E402
 from sda_core.training.loop import StepDraw, draw_step, make_optimizer, train_step  # noqa: E402
-from sda_core.training.schedule import euler_step, flow_sigmas, initial_latent  # noqa: E402
+from sda_core.training.trajectory import euler_step, flow_sigmas, initial_latent  # noqa: E402
 
 TARGET_SPEEDUP = 1.3
 

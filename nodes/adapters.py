@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..sda_core.stack import inversion_deviation, normalize_lora_stack, overlap_report
+from ..sda_core.stack import MAX_STRENGTH, inversion_deviation, normalize_lora_stack, overlap_report
 from . import host
 
 CATEGORY = "SDA"
@@ -13,7 +13,7 @@ LoraStack = io.Custom("LORA_STACK")
 
 
 def _strength(id: str, default: float = 1.0, tooltip: str | None = None) -> io.Float.Input:
-    return io.Float.Input(id, default=default, min=-2.0, max=2.0, step=0.01, tooltip=tooltip)
+    return io.Float.Input(id, default=default, min=-MAX_STRENGTH, max=MAX_STRENGTH, step=0.01, tooltip=tooltip)
 
 
 class SDALoKrLoader(io.ComfyNode):

@@ -8,7 +8,7 @@ from ..sda_core.diversity.grid import draw_heatmap
 from ..sda_core.diversity.results import DiversityResult, compare_image, compare_results, grid_header, grid_report
 from ..sda_core.diversity.scores import score_batch
 from ..sda_core.seeds import resolve_seeds
-from . import host, sampling
+from . import clip_fidelity, host, sampling
 
 CATEGORY = "SDA"
 DiversityType = io.Custom("SDA_DIVERSITY")
@@ -57,6 +57,7 @@ class SDASeedDiversityGrid(io.ComfyNode):
                 io.Int.Input("batch_size", default=4, min=1, max=64, tooltip="Seeds sampled together."),
                 io.String.Input("label", default="model"),
                 *_lpips_inputs(),
+                *clip_fidelity.inputs(),
             ],
             outputs=[
                 io.Image.Output("grid", display_name="grid"),
@@ -70,9 +71,11 @@ class SDASeedDiversityGrid(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, vae, width, height, seed, num_seeds, seed_list, steps, cfg,
-                sampler_name, scheduler, batch_size, label, lpips_net="alex", lpips_size="short side 256") -> io.NodeOutput:
+                sampler_name, scheduler, batch_size, label, lpips_net="alex", lpips_size="short side 256",
+                clip_score_clip=None, clip_vision=None, clip_score_prompt="") -> io.NodeOutput:
         seeds = resolve_seeds(seed, num_seeds, seed_list)
         lpips = host.lpips_model(lpips_net)  # before sampling: missing weights fail fast
+        fidelity = clip_fidelity.prepare(clip_score_clip, clip_vision, clip_score_prompt)  # so do mismatched towers
         latents, used_batch = sampling.sample_seeds(
             model, positive, negative, seeds, width=width, height=height, steps=steps, cfg=cfg,
             sampler_name=sampler_name, scheduler=scheduler, batch_size=batch_size)
@@ -84,8 +87,8 @@ class SDASeedDiversityGrid(io.ComfyNode):
             settings["note"] = f"{sampler_name} draws noise while sampling: seeds were sampled one at a time"
         scores, matrix = score_batch(images, lpips, _resize(lpips_size))
         result = DiversityResult(label=label, images=images, seeds=seeds, scores=scores, matrix=matrix,
-                                 settings=settings)
-        result.grid = result.draw_grid(grid_header(label, settings, scores))
+                                 settings=settings, clip_score=fidelity.score(images) if fidelity else None)
+        result.grid = result.draw_grid(grid_header(label, settings, scores, result.clip_score))
         report = grid_report(result)
         return io.NodeOutput(result.grid, images, scores.avg_lpips, scores.pixel_std, report, result,
                              ui=host.image_and_text_ui(result.grid, report, cls))
@@ -130,7 +133,7 @@ class SDALPIPSScore(io.ComfyNode):
             category=CATEGORY,
             description="Average pairwise LPIPS, pixel std, sharpness and Vendi score of any IMAGE batch, with the pairwise heat-map.",
             is_output_node=True,
-            inputs=[io.Image.Input("images"), *_lpips_inputs()],
+            inputs=[io.Image.Input("images"), *_lpips_inputs(), *clip_fidelity.inputs()],
             outputs=[
                 io.Float.Output("avg_lpips", display_name="avg_lpips"),
                 io.Float.Output("pixel_std", display_name="pixel_std"),
@@ -140,11 +143,14 @@ class SDALPIPSScore(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, lpips_net="alex", lpips_size="short side 256") -> io.NodeOutput:
+    def execute(cls, images, lpips_net="alex", lpips_size="short side 256", clip_score_clip=None, clip_vision=None,
+                clip_score_prompt="") -> io.NodeOutput:
+        fidelity = clip_fidelity.prepare(clip_score_clip, clip_vision, clip_score_prompt)
         scores, matrix = score_batch(images, host.lpips_model(lpips_net), _resize(lpips_size))
         labels = [str(k) for k in range(matrix.shape[0])]
         heatmap = draw_heatmap(matrix, labels, f"pairwise LPIPS ({scores.net}) — avg {scores.avg_lpips:.3f}")
-        result = DiversityResult(label="images", images=images, seeds=labels, scores=scores, matrix=matrix, settings={})
+        result = DiversityResult(label="images", images=images, seeds=labels, scores=scores, matrix=matrix, settings={},
+                                 clip_score=fidelity.score(images) if fidelity else None)
         report = grid_report(result)
         return io.NodeOutput(scores.avg_lpips, scores.pixel_std, heatmap, report,
                              ui=host.image_and_text_ui(heatmap, report, cls))

@@ -18,7 +18,7 @@ import folder_paths
 from comfy_api.latest import ui
 
 from ..sda_core.adapters import (AdapterError, AdapterFileMissing, AdapterModule, LoadedAdapter, ModelLayout,
-                                 load_adapter, resolve_in_folder)
+                                 check_finite_delta, load_adapter, resolve_in_folder)
 from ..sda_core.diversity.lpips_pairs import PairwiseLPIPS
 from ..sda_core.diversity.weights import load_lpips
 
@@ -95,7 +95,9 @@ class SDAWeightPatch(comfy.weight_adapter.WeightAdapterBase):
         if strength == 0.0:
             return weight
         delta = self.module.delta(tuple(weight.shape), dtype=intermediate_dtype, device=weight.device)
-        weight += function(strength * delta).type(weight.dtype)
+        change = function(strength * delta).type(weight.dtype)
+        check_finite_delta(change, self.module.source, self.module.name, weight.dtype)
+        weight += change
         return weight
 
 

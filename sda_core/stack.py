@@ -14,6 +14,17 @@ import torch
 from .adapters import AdapterModule, LoadedAdapter, apply_deltas
 
 SDA_STACKED_STRENGTH = "0.5–0.7"
+# The strength widgets stop here; a stack or schedule from elsewhere is held to the same range, since an adapter
+# at a larger multiple overshoots into noise and is far more often a typo (20 for 2.0) than an intent.
+MAX_STRENGTH = 2.0
+
+
+def check_strength(value: float, where: str) -> float:
+    """`value` when it is within ±MAX_STRENGTH, else a ValueError naming `where`."""
+    if abs(value) > MAX_STRENGTH:
+        raise ValueError(f"{where}: strength {value:g} is outside −{MAX_STRENGTH:g}…{MAX_STRENGTH:g}, the range of "
+                         f"the strength widgets; expected a multiplier from −{MAX_STRENGTH:g} to {MAX_STRENGTH:g}")
+    return value
 
 
 def _strength(value: Any) -> float | None:
@@ -46,6 +57,7 @@ def normalize_lora_stack(stack: Any) -> list[tuple[str, float, float]]:
             raise ValueError(f"{where}: the first element must be a LoRA file name")
         if model_strength is None or clip_strength is None:
             raise ValueError(f"{where}: model_strength and clip_strength must be finite numbers")
+        check_strength(model_strength, f"{where} model_strength")
         out.append((name, model_strength, clip_strength))
     return out
 

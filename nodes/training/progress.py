@@ -17,7 +17,7 @@ import comfy.utils
 
 from ...sda_core.diversity.scores import score_batch
 from ...sda_core.training import LoKrSet, SDAConfig, save_lokr, training_metadata
-from ...sda_core.training.files import atomic_save_safetensors
+from ...sda_core.training.atomic_save import atomic_save_safetensors
 from .. import host, sampling
 from .checks import EVAL_SAMPLER, RunFiles
 from .conds import zeroed

@@ -14,7 +14,7 @@ import comfy.model_management as mm
 import comfy.patcher_extension
 
 from ...sda_core.adapters import LoadedAdapter, Target
-from ...sda_core.schedule import ScheduledWeight
+from ...sda_core.step_strengths import ScheduledWeight
 from ...sda_core.training import LoKrSet, SDAConfig, SDAModels, SlicedLoKr, flow_sigmas
 from ...sda_core.training.grad_checkpoint import Switches, checkpoint_blocks
 from ...sda_core.training.rope import with_rotation_backward

@@ -2,17 +2,17 @@
 
 Pure PyTorch (+ LyCORIS's functional maths); never imports ComfyUI.
 """
-from .algorithms import AdapterModule, LoHaModule, LoKrModule, LoRAModule, fits
+from .algorithms import MAX_SCALE, AdapterModule, LoHaModule, LoKrModule, LoRAModule, check_finite_delta, fits
 from .apply import apply_deltas
 from .arch import guess_architecture
 from .errors import AdapterError, AdapterFileMissing
-from .files import read_safetensors, resolve_in_folder
+from .file_reading import read_safetensors, resolve_in_folder
 from .layout import ModelLayout, Target, module_targets
 from .load import load_adapter
 from .loaded import LoadedAdapter
 
 __all__ = [
     "AdapterError", "AdapterFileMissing", "AdapterModule", "LoRAModule", "LoHaModule", "LoKrModule", "LoadedAdapter", "ModelLayout",
-    "Target", "apply_deltas", "fits", "guess_architecture", "load_adapter", "module_targets", "read_safetensors",
+    "MAX_SCALE", "Target", "apply_deltas", "check_finite_delta", "fits", "guess_architecture", "load_adapter", "module_targets", "read_safetensors",
     "resolve_in_folder",
 ]

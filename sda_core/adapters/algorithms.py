@@ -5,6 +5,9 @@ backend so a delta is the same on every device and never triggers a compile mid-
 LyCORIS and ComfyUI: alpha/rank, except a LoKr whose two halves are both full matrices, which uses scale 1
 whatever alpha the file stores (the trainers disagree; the loaders agree, so we follow the loaders).
 
+Every scale is checked (finite, |scale| ≤ MAX_SCALE) and every delta is checked finite when built, naming
+the layer: a NaN or overflowing change would otherwise turn every image black far from its cause.
+
 Shapes are derived from factor shapes only, so a file is checked against the model without building any
 full-size delta (a full-rank Z-Image LoKr would need as much memory as the model).
 """
@@ -18,9 +21,13 @@ from lycoris.functional import lokr as ly_lokr
 from lycoris.functional import loha as ly_loha
 from lycoris.functional import locon as ly_locon
 
+from .errors import AdapterError
 from .keys import ALGO_ROLES
 
 BACKEND = "torch"
+# Trainers write scales alpha/rank from about 0.01 to 16 (rsLoRA alpha 32 at rank 4 gives 16); a thousand is far
+# beyond any of them, and a larger one comes from a damaged or crafted file.
+MAX_SCALE = 1000.0
 
 
 class FactorError(ValueError):
@@ -49,19 +56,32 @@ def _fmt(shape) -> str:
     return "×".join(str(int(s)) for s in shape)
 
 
+def check_finite_delta(delta: torch.Tensor, source: str, layer: str, dtype: torch.dtype) -> None:
+    """AdapterError naming the layer when a change to its weight holds NaN or Inf."""
+    if bool(torch.isfinite(delta).all()):
+        return
+    raise AdapterError(f"{source}: layer {layer}: the adapter's change to the weight is not finite in "
+                       f"{str(dtype).replace('torch.', '')} (its factors multiply past the number range); the "
+                       "file is damaged or the strength too large, and it would turn every image black")
+
+
 class AdapterModule:
     """Factors of one adapted layer; `delta()` rebuilds scale·ΔW with LyCORIS's functional maths."""
 
     algo: ClassVar[str] = ""
 
     def __init__(self, name: str, factors: Mapping[str, torch.Tensor], alpha: float | None = None,
-                 keys: Mapping[str, str] | None = None):
+                 keys: Mapping[str, str] | None = None, *, alpha_key: str | None = None):
         self.name = name
+        self.source = "the adapter"  # the file's label, set by load_adapter, for errors raised at patch time
         self.factors = {k: v for k, v in factors.items() if k in ALGO_ROLES[self.algo]}
         self.alpha = None if alpha is None else float(alpha)
         self.keys = dict(keys or {})
+        self.alpha_key = alpha_key or self._key("alpha")
+        self._check_not_empty()
         self.shape = self._natural_shape()
         self.scale, self.alpha_ignored = self._scale()
+        self._check_scale()
 
     # -- per algorithm -------------------------------------------------------------------------------------
     def _natural_shape(self) -> tuple[int, ...]:
@@ -78,6 +98,19 @@ class AdapterModule:
         raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------------------------------------
+    def _check_not_empty(self) -> None:
+        for role, t in self.factors.items():
+            if t.dim() == 0 or 0 in t.shape:
+                raise FactorError(f"{self._key(role)} has shape {_fmt(t.shape) or 'scalar'}: a factor of rank 0 "
+                                  "(or no values) is no adapter; the file is damaged")
+
+    def _check_scale(self) -> None:
+        if math.isfinite(self.scale) and abs(self.scale) <= MAX_SCALE:
+            return
+        raise FactorError(f"{self.name}: its scale alpha/rank is {self.scale:g} (alpha {self.alpha:g} from "
+                          f"{self.alpha_key}, rank {self.rank}); expected a finite scale within ±{MAX_SCALE:g} "
+                          "(trainers write about 0.01 to 16), so the alpha is damaged or crafted")
+
     def _need(self, *roles: str) -> None:
         missing = [r for r in roles if r not in self.factors]
         if missing:
@@ -102,7 +135,9 @@ class AdapterModule:
             raise ValueError(f"{self.name}: the delta has shape {_fmt(self.shape)}, which does not fit {_fmt(shape)}")
         f = {k: v.to(device=device, dtype=dtype) for k, v in self.factors.items()}
         with torch.no_grad():
-            return self._delta(f).reshape(shape)
+            out = self._delta(f).reshape(shape)
+        check_finite_delta(out, self.source, self.name, dtype)
+        return out
 
     @property
     def rank(self) -> int | None:
@@ -117,10 +152,11 @@ class LoRAModule(AdapterModule):
 
     algo = "lora"
 
-    def __init__(self, name, factors, alpha=None, keys=None, *, alpha_source: str = "tensor", rslora: bool = False):
+    def __init__(self, name, factors, alpha=None, keys=None, *, alpha_source: str = "tensor", rslora: bool = False,
+                 alpha_key: str | None = None):
         self.alpha_source = alpha_source if alpha is not None else None
         self.rslora = rslora
-        super().__init__(name, factors, alpha, keys)
+        super().__init__(name, factors, alpha, keys, alpha_key=alpha_key)
 
     def _natural_shape(self):
         self._need("lora_up", "lora_down")
@@ -202,6 +238,12 @@ class LoKrModule(AdapterModule):
 
     def _natural_shape(self):
         f = self.factors
+        for full, pair in (("lokr_w1", ("lokr_w1_a", "lokr_w1_b")), ("lokr_w2", ("lokr_w2_a", "lokr_w2_b", "lokr_t2"))):
+            extra = [r for r in pair if r in f]
+            if full in f and extra:
+                raise FactorError(f"{self._key(extra[0])} sits beside {self._key(full)}: a LoKr half is either a "
+                                  "full matrix or a low-rank pair, never both, so which one the trainer meant is "
+                                  "unknown; the file is damaged")
         if "lokr_w1" in f:
             w1 = tuple(f["lokr_w1"].shape)
         else:

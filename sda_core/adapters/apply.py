@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from .algorithms import AdapterModule
+from .algorithms import AdapterModule, check_finite_delta
 
 
 def apply_deltas(weight: torch.Tensor, patches: Sequence[tuple[AdapterModule, float]],
@@ -15,5 +15,7 @@ def apply_deltas(weight: torch.Tensor, patches: Sequence[tuple[AdapterModule, fl
     region = out if rows is None else out.narrow(0, int(rows[0]), int(rows[1]))
     for module, strength in patches:
         delta = module.delta(tuple(region.shape), dtype=torch.float32, device=out.device)
-        region += delta.mul_(float(strength))
+        change = delta.mul_(float(strength))
+        check_finite_delta(change.to(weight.dtype), module.source, module.name, weight.dtype)
+        region += change
     return out.to(weight.dtype)

@@ -5,9 +5,7 @@ not fit and is only logged) is an error here, naming the file and what was expec
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections import Counter
 from typing import Mapping
 
@@ -16,52 +14,11 @@ import torch
 from .algorithms import MODULE_TYPES, AdapterModule, FactorError, LoRAModule, _fmt, algorithm_of, fits
 from .arch import describe_layout, guess_architecture
 from .errors import AdapterError
-from .files import check_finite, read_safetensors
+from .file_reading import check_finite, read_safetensors
 from .keys import UNSUPPORTED, group_keys, is_text_encoder, strip_prefix
 from .layout import ModelLayout, Target, module_targets, underscore_names
 from .loaded import LoadedAdapter
-
-DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
-
-
-class _PeftConfig:
-    """lora_alpha / alpha_pattern / use_rslora that diffusers keeps in safetensors metadata (no alpha tensors)."""
-
-    def __init__(self, cfg: dict):
-        def get(key, default=None):
-            return cfg.get(f"transformer.{key}", cfg.get(key, default))
-
-        self.lora_alpha = get("lora_alpha")
-        self.r = get("r")
-        self.alpha_pattern = get("alpha_pattern") or {}
-        self.use_rslora = bool(get("use_rslora", False))
-
-    @classmethod
-    def from_metadata(cls, metadata: Mapping[str, str]) -> "_PeftConfig | None":
-        raw = metadata.get(DIFFUSERS_METADATA_KEY)
-        if not raw:
-            return None
-        try:
-            cfg = json.loads(raw)
-        except (TypeError, ValueError):
-            return None
-        if not isinstance(cfg, dict):
-            return None
-        config = cls(cfg)
-        return config if config.lora_alpha is not None or config.alpha_pattern else None
-
-    def alpha_for(self, name: str) -> float | None:
-        """PEFT's pattern lookup: an exact module name first, then a pattern matching the name's tail."""
-        if name in self.alpha_pattern:
-            return float(self.alpha_pattern[name])
-        for pattern, value in self.alpha_pattern.items():
-            try:
-                if re.fullmatch(rf"(.*\.)?(?:{pattern})", name):
-                    return float(value)
-            except re.error:
-                if name.endswith(pattern):
-                    return float(value)
-        return None if self.lora_alpha is None else float(self.lora_alpha)
+from .metadata import peft_config
 
 
 def _alpha(group, label: str) -> float | None:
@@ -100,7 +57,7 @@ def load_adapter(source: str | os.PathLike | Mapping[str, torch.Tensor], layout:
     model_name = describe_layout(layout)
     targets = module_targets(layout)
     underscored = underscore_names(targets)
-    peft = _PeftConfig.from_metadata(meta)
+    peft = peft_config(meta, label)
     groups, unknown = group_keys(tensors)
 
     placements: list[tuple[Target, AdapterModule]] = []
@@ -136,13 +93,14 @@ def load_adapter(source: str | os.PathLike | Mapping[str, torch.Tensor], layout:
                 continue
             alpha = _alpha(group, label)
             if algo == "lora" and alpha is None and peft is not None:
-                meta_alpha = peft.alpha_for(dotted)
+                meta_alpha, meta_key = peft.alpha_for(name)
                 module = LoRAModule(dotted, group.tensors, meta_alpha, group.keys,
-                                    alpha_source="metadata", rslora=peft.use_rslora)
+                                    alpha_source="metadata", rslora=peft.use_rslora, alpha_key=meta_key)
             else:
                 module = MODULE_TYPES[algo](dotted, group.tensors, alpha, group.keys)
         except FactorError as exc:
             raise AdapterError(f"{label}: {exc}") from None
+        module.source = label
         if not fits(module.shape, target.shape):
             mismatches.append((group.key(), target, module.shape))
             continue

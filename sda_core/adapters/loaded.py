@@ -66,10 +66,6 @@ class LoadedAdapter:
     def algorithms(self) -> Counter:
         return Counter(module.algo for _, module in self.placements)
 
-    @property
-    def ignored_alpha(self) -> bool:
-        return any(module.alpha_ignored for _, module in self.placements)
-
     def report(self) -> str:
         """Human text: format, algorithm(s), parameters, layers patched, keys left unplaced."""
         fmt = " + ".join(FORMAT_NAMES.get(f, f) for f in self.format.split("+"))

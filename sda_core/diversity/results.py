@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .clip_score import ClipScore
 from .grid import compose_rows, draw_seed_grid
 from .scores import DEFINITIONS, DiversityScores, definitions_markdown, recovery_ratio
 from .table import markdown_table
@@ -25,6 +26,7 @@ class DiversityResult:
     matrix: torch.Tensor  # [N, N] pairwise LPIPS
     settings: dict[str, Any] = field(default_factory=dict)
     grid: torch.Tensor | None = None
+    clip_score: ClipScore | None = None  # prompt fidelity, when CLIP towers were connected
 
     def draw_grid(self, header_lines: Sequence[str]) -> torch.Tensor:
         grid, _ = draw_seed_grid(self.images, self.seeds, header_lines)
@@ -38,9 +40,12 @@ def score_lines(scores: DiversityScores) -> list[str]:
     ]
 
 
-def grid_header(label: str, settings: dict[str, Any], scores: DiversityScores) -> list[str]:
+def grid_header(label: str, settings: dict[str, Any], scores: DiversityScores,
+                clip_score: ClipScore | None = None) -> list[str]:
     shown = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "note")
     lines = [label, shown, *score_lines(scores)]
+    if clip_score is not None:
+        lines.append(clip_score.line())
     if settings.get("note"):
         lines.append(settings["note"])
     return lines
@@ -69,6 +74,7 @@ def grid_report(result: DiversityResult) -> str:
         "seeds": list(result.seeds),
         "scores": result.scores.to_dict(),
         "pairwise_lpips": _pair_summary(result.matrix, result.seeds),
+        **({"clip_score": result.clip_score.to_dict()} if result.clip_score is not None else {}),
         "definitions": DEFINITIONS,
     }, indent=2)
 

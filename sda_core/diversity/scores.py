@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .clip_score import DEFINITION as CLIP_SCORE_DEFINITION
 from .images import prepare_images, validate_images
 from .lpips_pairs import PairwiseLPIPS, avg_pairwise, offdiagonal
 
@@ -29,6 +30,7 @@ DEFINITIONS: dict[str, str] = {
     "[[0,1,0],[1,-4,1],[0,1,0]] over the valid region (no padding) of its ITU-R 601 luma "
     "(0.299 R + 0.587 G + 0.114 B, [0, 1] scale, native resolution); averaged over the images. "
     "Guards against blur; compare it only at equal resolution.",
+    "clip_score": CLIP_SCORE_DEFINITION,
     "vendi": "Vendi score: exp of the Shannon entropy of the eigenvalues of K/N, with kernel "
     "K_ij = exp(-LPIPS_ij / tau) (tau = 0.5 unless stated); the effective number of distinct images, "
     "1 for N identical images, N for N entirely different ones.",

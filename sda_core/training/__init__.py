@@ -16,7 +16,7 @@ from .evaluate import alignment
 from .lokr import LoKrSet, SlicedLoKr, TrainableLoKr
 from .lokr_file import lycoris_state_dict, save_lokr, training_metadata
 from .loop import TeacherNotFinite, TrainingDiverged, TrainResult, train
-from .schedule import flow_sigmas, rollout
+from .trajectory import flow_sigmas, rollout
 from .step import LossTerms, sda_loss
 
 __all__ = [

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .files import atomic_save_safetensors
+from .atomic_save import atomic_save_safetensors
 from .lokr import LoKrSet
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CHECKPOINT_VERSION"]

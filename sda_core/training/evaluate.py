@@ -13,7 +13,7 @@ import torch
 from . import loss as L
 from .batching import forward_batched
 from .config import SDAConfig, SDAModels
-from .schedule import flow_sigmas, rollout
+from .trajectory import flow_sigmas, rollout
 from .step import teacher_x0
 
 __all__ = ["alignment"]

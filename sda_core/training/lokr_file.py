@@ -16,7 +16,7 @@ import torch
 from .config import X0_PROJECTION, SDAConfig
 from ..atomic import claim_new_path
 from ..paths import PathEscapes, path_inside
-from .files import atomic_save_safetensors
+from .atomic_save import atomic_save_safetensors
 from .lokr import LoKrSet
 
 __all__ = [

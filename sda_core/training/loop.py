@@ -22,7 +22,7 @@ import torch
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import SDAConfig, SDAModels
 from .loss import uses_diversity
-from .schedule import flow_sigmas, rollout
+from .trajectory import flow_sigmas, rollout
 from .step import LossTerms, sda_loss
 
 __all__ = ["train", "train_step", "make_optimizer", "TrainResult", "TrainingDiverged", "TeacherNotFinite", "LastGood", "StepDraw", "draw_step", "step_seed"]

@@ -1,6 +1,6 @@
 """One SDA loss evaluation: the forwards of SDA.md, in the cheapest order, feeding `loss`'s terms.
 
-Forwards per step at x_t(z1), x_t(z2) (both on the student's own trajectory, see `schedule.rollout`):
+Forwards per step at x_t(z1), x_t(z2) (both on the student's own trajectory, see `trajectory.rollout`):
   baseline   student, LoKr disabled, assistant on     no grad   z1
   teacher    teacher (cfg: pos+neg in the same batch) no grad   z1 and z2 in ONE forward   (k < div_skip)
   anchor     student, LoKr on,       assistant on     grad      z1

@@ -106,3 +106,14 @@ def test_inversion_deviation_is_rounding_only(stack_entries, dtype):
     _, other = stack_entries["style"].placements[0]
     not_inverted = apply_deltas(merged, [(other, -1.0)], target.rows)
     assert float((not_inverted.double() - weight.double()).abs().max()) > 100 * max(deviation, eps * 1e-3)
+
+
+@pytest.mark.parametrize("strength", [2.5, -3.0, 1e6])
+def test_stack_strength_beyond_the_widget_range_is_refused_naming_the_entry(strength):
+    stack = [("ok.safetensors", 1.0, 1.0), ("far.safetensors", strength, 1.0)]
+    with pytest.raises(ValueError) as info:
+        normalize_lora_stack(stack)
+    message = str(info.value)
+    assert message.startswith("lora_stack item 2 (") and "far.safetensors" in message
+    assert f"strength {strength:g} is outside −2…2" in message
+    assert normalize_lora_stack([("edge.safetensors", -2.0, 5.0)]) == [("edge.safetensors", -2.0, 5.0)]

@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 
 from sda_core.training import SDAConfig, X0_PROJECTION, save_lokr, training_metadata
-from sda_core.training import files
+from sda_core.training import atomic_save
 from sda_core.training.lokr import LoKrSet
 
 SHAPES = {
@@ -86,7 +86,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(files, "save_file", boom)
+    monkeypatch.setattr(atomic_save, "save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         save_lokr(str(tmp_path / "x"), LoKrSet.build({"layers.0.attention.to_q": (16, 16)}), {})
     assert os.listdir(tmp_path) == []

@@ -12,7 +12,7 @@ from sda_core.training import (
     Checkpoint, TeacherNotFinite, TrainingDiverged, alignment, load_checkpoint, save_checkpoint, train,
 )
 from sda_core.training.loop import draw_step, make_optimizer, step_seed, train_step
-from sda_core.training.schedule import flow_sigmas, rollout
+from sda_core.training.trajectory import flow_sigmas, rollout
 from sdatest.toy_training import tiny_dit_problem, toy_problem
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from sda_core.training import loss as L
 from sda_core.training.config import SDAConfig
-from sda_core.training.schedule import flow_sigmas, rollout
+from sda_core.training.trajectory import flow_sigmas, rollout
 from sda_core.training.step import sda_loss, teacher_x0
 from sdatest.toy_training import toy_problem
 

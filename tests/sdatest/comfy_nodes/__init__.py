@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from sdatest import registry, tiny_models
+from sdatest import registry, tiny_clip, tiny_models
 
 class _AnyType(str):
     """Matches every socket type in ComfyUI's validation (the '*' convention custom packs use)."""
@@ -189,7 +189,62 @@ class LoraStack:
         return (None if value is None else [tuple(item) for item in value],)
 
 
+class TinyCLIPText:
+    """A tiny clip_l (or clip_g, for the mismatch errors) as a CLIP object, ComfyUI's classes and tokenizer."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            "width": ("INT", {"default": 32, "min": 8, "max": 256}),
+            "kind": (["clip_l", "clip_g"], {"default": "clip_l"}),
+        }}
+
+    def build(self, seed, width, kind):
+        return (tiny_clip.tiny_clip_text(seed, width, kind),)
+
+
+class TinyCLIPVision:
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            "projection_dim": ("INT", {"default": 32, "min": 8, "max": 256}),
+        }}
+
+    def build(self, seed, projection_dim):
+        return (tiny_clip.tiny_clip_vision(seed, projection_dim),)
+
+
+class RandomImages:
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            "count": ("INT", {"default": 4, "min": 1, "max": 64}),
+            "size": ("INT", {"default": 32, "min": 8, "max": 512}),
+        }}
+
+    def build(self, seed, count, size):
+        return (tiny_clip.random_images(seed, count, size),)
+
+
 NODE_CLASS_MAPPINGS = {
+    "SDATest_TinyCLIPText": TinyCLIPText,
+    "SDATest_TinyCLIPVision": TinyCLIPVision,
+    "SDATest_RandomImages": RandomImages,
     "SDATest_LoraStack": LoraStack,
     "SDATest_TinyZImage": TinyZImage,
     "SDATest_TinyZImageVariant": TinyZImageVariant,

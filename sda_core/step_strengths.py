@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .adapters import AdapterModule
+from .adapters import AdapterModule, check_finite_delta
+from .stack import check_strength
 
 
 class ScheduleError(ValueError):
@@ -38,6 +39,10 @@ def parse_step_strengths(text: str, widget: str = "step_strengths") -> list[floa
                                 f"commas, e.g. '1,1,0.5,0'") from None
         if not math.isfinite(value):
             raise ScheduleError(f"{widget}: item {position} ({item!r}) is not finite")
+        try:
+            check_strength(value, f"{widget}: item {position}")
+        except ValueError as exc:
+            raise ScheduleError(str(exc)) from None
         values.append(value)
     return values
 
@@ -147,5 +152,7 @@ class ScheduledWeight:
         for rows, module in self.regions:
             region = out if rows is None else out.narrow(0, rows[0], rows[1])
             delta = module.delta(tuple(region.shape), dtype=torch.float32, device=weight.device)
-            region += (s * delta).to(region.dtype)
+            change = (s * delta).to(region.dtype)
+            check_finite_delta(change, getattr(module, "source", "the adapter"), getattr(module, "name", "?"), region.dtype)
+            region += change
         return out

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sda_core.schedule import ScheduleError, parse_step_strengths, resolve, step_of_sigma, window_strengths
+from sda_core.step_strengths import ScheduleError, parse_step_strengths, resolve, step_of_sigma, window_strengths
 
 
 def flow_simple(steps: int, shift: float = 3.0) -> list[float]:
@@ -105,7 +105,7 @@ class _Delta:
 
 
 def test_scheduled_weight_adds_per_region_and_never_touches_the_weight():
-    from sda_core.schedule import ScheduledWeight, StepStrength
+    from sda_core.step_strengths import ScheduledWeight, StepStrength
 
     weight = torch.randn(6, 4)
     kept = weight.clone()
@@ -122,3 +122,12 @@ def test_scheduled_weight_adds_per_region_and_never_touches_the_weight():
     assert state.update(0.6, sigmas) == 0.0
     assert wrapper(weight) is weight
     assert state.steps_seen == {0: 0.5, 1: 0.0}
+
+
+@pytest.mark.parametrize("text, item, value", [("1,2.5", 2, "2.5"), ("-3", 1, "-3"), ("1,1,1e9", 3, "1e+09")])
+def test_step_strength_beyond_the_widget_range_is_refused_naming_the_item(text, item, value):
+    with pytest.raises(ScheduleError) as info:
+        parse_step_strengths(text)
+    assert str(info.value) == (f"step_strengths: item {item}: strength {value} is outside −2…2, the range of the "
+                               "strength widgets; expected a multiplier from −2 to 2")
+    assert parse_step_strengths("2,-2,0") == [2.0, -2.0, 0.0]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sda_core.training.schedule import euler_step, flow_sigmas, rollout
+from sda_core.training.trajectory import euler_step, flow_sigmas, rollout
 
 # ComfyUI 0.3.75: simple_scheduler(ModelSamplingDiscreteFlow with shift=3.0, multiplier=1000, steps).tolist()
 COMFY_SIMPLE_SHIFT3 = {

@@ -8,7 +8,7 @@ import uuid
 import comfy.patcher_extension
 from comfy_api.latest import io, ui
 
-from ..sda_core.schedule import ScheduledWeight, StepStrength, parse_step_strengths, resolve, window_strengths
+from ..sda_core.step_strengths import ScheduledWeight, StepStrength, parse_step_strengths, resolve, window_strengths
 from . import host
 
 CATEGORY = "SDA"
