@@ -113,49 +113,39 @@ class TeacherNotFinite(TrainingDiverged):
 
 
 class LastGood:
-    """The LoKr factors and AdamW's state (moments, step count) after the last good step: an update found to
-    overflow the weights is undone whole, so the next step's moments do not count a step that never happened.
+    """The LoKr factors after the last good step, to undo an update found to overflow the weights; AdamW's state
+    (moments, step count) is rolled back with them, so the next step does not count an update that never happened.
 
-    Costs two more copies of the factors (AdamW's two moments) beside the weights' own copy.
+    The moments are rolled back by inverting AdamW's update of them from that step's gradients (still in .grad),
+    exact to rounding: a second copy of both moments would cost two more LoKr sizes of device memory every step
+    for an event that is rare.
     """
 
     def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
         self.params, self.optimizer = params, optimizer
         self.weights = [p.detach().clone() for p in params]
-        self.state: dict[int, dict] = {}
-        self.take()
 
     @torch.no_grad()
     def take(self) -> None:
         torch._foreach_copy_(self.weights, [p.detach() for p in self.params])
-        for i, p in enumerate(self.params):
-            live = self.optimizer.state.get(p, {})
-            kept = self.state.setdefault(i, {})
-            for k, v in live.items():
-                if torch.is_tensor(v):
-                    if k in kept and kept[k].shape == v.shape:
-                        kept[k].copy_(v)
-                    else:
-                        kept[k] = v.detach().clone()
-                else:
-                    kept[k] = v
-            if not live:
-                self.state[i] = {}
 
     @torch.no_grad()
     def put_back(self) -> None:
+        """Weights of the last good step; AdamW's state as before the update just made (call before zero_grad)."""
         torch._foreach_copy_([p.detach() for p in self.params], self.weights)
-        for i, p in enumerate(self.params):
-            kept = self.state.get(i, {})
-            if not kept:
-                self.optimizer.state.pop(p, None)  # no update had happened yet: AdamW starts fresh
-                continue
-            live = self.optimizer.state[p]
-            for k, v in kept.items():
-                if torch.is_tensor(v) and torch.is_tensor(live.get(k)):
-                    live[k].copy_(v)
-                else:
-                    live[k] = v.clone() if torch.is_tensor(v) else v
+        for group in self.optimizer.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                state = self.optimizer.state.get(p)
+                if not state or p.grad is None:
+                    continue  # AdamW did not update this one
+                if float(state["step"]) <= 1:
+                    del self.optimizer.state[p]  # its first update: AdamW starts afresh next time
+                    continue
+                g = p.grad
+                state["exp_avg"].sub_(g, alpha=1 - beta1).div_(beta1)
+                state["exp_avg_sq"].addcmul_(g, g, value=-(1 - beta2)).div_(beta2).clamp_(min=0)
+                state["step"] -= 1
 
 
 @dataclass

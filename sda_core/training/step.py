@@ -1,6 +1,7 @@
-"""One SDA loss evaluation: the forwards of SDA.md, in the cheapest order, feeding `loss`'s terms.
+"""One SDA loss evaluation: the forwards of docs/method.md, in the cheapest order, feeding `loss`'s terms.
 
-Forwards per step at x_t(z1), x_t(z2) (both on the student's own trajectory, see `trajectory.rollout`):
+Forwards per step at x_t(z1), x_t(z2) (both on the student's own trajectory, rolled out with the LoKr on and
+the assistant OFF unless `rollout_with_assistant`: see `loop.train_step` and `trajectory.rollout`):
   baseline   student, LoKr disabled, assistant on     no grad   z1
   teacher    teacher (cfg: pos+neg in the same batch) no grad   z1 and z2 in ONE forward   (k < div_skip)
   anchor     student, LoKr on,       assistant on     grad      z1

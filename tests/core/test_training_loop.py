@@ -323,8 +323,9 @@ def test_an_undone_update_restores_adamws_moments_and_step_count_with_the_weight
     monkeypatch.setattr(torch.optim, "AdamW", adamw)
     ref = toy_problem(steps=3)
     train(ref.models, ref.config)
-    ours = _lokr_tensors(tp)
-    assert all(torch.equal(ours[n], v) for n, v in _lokr_tensors(ref).items())
+    ours, theirs = _lokr_tensors(tp), _lokr_tensors(ref)
+    for n in theirs:  # the moments are rolled back by inverting AdamW's update: equal to rounding
+        torch.testing.assert_close(ours[n], theirs[n], rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}"])
