@@ -324,8 +324,9 @@ class SDATrainLoKr(io.ComfyNode):
                      optional=True),
                 io.Float.Input("grad_clip", default=1.0, min=0.0, max=100.0, step=0.1, optional=True,
                                tooltip="Largest global gradient norm of the LoKr factors per step; a larger one is "
-                                       "scaled down to it (0: off). 1.0: the value the card's metadata records; it "
-                                       "keeps one extreme draw from throwing the factors off."),
+                                       "scaled down to it (0: off). 1.0: the usual default of diffusion fine-tuning; "
+                                       "it keeps one extreme draw (two nearly equal noises) from throwing the factors "
+                                       "off and leaves ordinary steps alone."),
                 io.Boolean.Input("rollout_with_assistant", default=False, optional=True,
                                  tooltip="Off (default): x_t is rolled out without the assistant adapter, on the "
                                          "trajectory users sample (they never load the assistant). On: with it, as "
