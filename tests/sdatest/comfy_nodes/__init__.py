@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from sdatest import registry, tiny_clip, tiny_models
+from sdatest import registry, tiny_archs, tiny_clip, tiny_models
 
 class _AnyType(str):
     """Matches every socket type in ComfyUI's validation (the '*' convention custom packs use)."""
@@ -50,7 +50,8 @@ class TinyZImage:
 
 
 class TinyZImageVariant:
-    """A tiny Z-Image that a trainer must refuse: another model type (EPS, not flow) or other input channels."""
+    """A tiny Z-Image that a trainer must refuse: another model type (EPS, not flow), other input channels,
+    another width (`dim`, heads of 64) or NaN weights."""
 
     CATEGORY = "SDA/testing"
     RETURN_TYPES = ("MODEL",)
@@ -62,11 +63,22 @@ class TinyZImageVariant:
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "model_type": (["FLOW", "EPS"], {"default": "FLOW"}),
             "in_channels": ("INT", {"default": 16, "min": 1, "max": 64}),
+        }, "optional": {
+            "dim": ("INT", {"default": 256, "min": 256, "max": 1024, "step": 64}),
+            "nan_weights": ("BOOLEAN", {"default": False}),
+            "cap_feat_dim": ("INT", {"default": 32, "min": 8, "max": 256}),
         }}
 
-    def build(self, seed, model_type, in_channels):
+    def build(self, seed, model_type, in_channels, dim=256, nan_weights=False, cap_feat_dim=32):
         if model_type == "FLOW":
-            return (tiny_models.tiny_zimage(seed, in_channels=in_channels),)
+            model = tiny_models.tiny_zimage(seed, in_channels=in_channels, dim=dim, n_heads=dim // 64,
+                                            n_kv_heads=dim // 64, cap_feat_dim=cap_feat_dim)
+            if nan_weights:
+                with torch.no_grad():
+                    for name, p in model.model.diffusion_model.named_parameters():
+                        if name.startswith("layers.") and name.endswith(".weight"):
+                            p.fill_(float("nan"))
+            return (model,)
         import comfy.model_base
         import comfy.model_management as mm
         import comfy.model_patcher
@@ -263,10 +275,10 @@ class TinyCLIPText:
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "width": ("INT", {"default": 32, "min": 8, "max": 256}),
             "kind": (["clip_l", "clip_g"], {"default": "clip_l"}),
-        }}
+        }, "optional": {"dtype": (["fp32", "bf16"], {"default": "fp32"})}}
 
-    def build(self, seed, width, kind):
-        return (tiny_clip.tiny_clip_text(seed, width, kind),)
+    def build(self, seed, width, kind, dtype="fp32"):
+        return (tiny_clip.tiny_clip_text(seed, width, kind, torch.float32 if dtype == "fp32" else torch.bfloat16),)
 
 
 class TinyCLIPVision:
@@ -279,10 +291,10 @@ class TinyCLIPVision:
         return {"required": {
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "projection_dim": ("INT", {"default": 32, "min": 8, "max": 256}),
-        }}
+        }, "optional": {"dtype": (["fp32", "bf16"], {"default": "fp32"})}}
 
-    def build(self, seed, projection_dim):
-        return (tiny_clip.tiny_clip_vision(seed, projection_dim),)
+    def build(self, seed, projection_dim, dtype="fp32"):
+        return (tiny_clip.tiny_clip_vision(seed, projection_dim, torch.float32 if dtype == "fp32" else torch.bfloat16),)
 
 
 class RandomImages:
@@ -314,4 +326,5 @@ NODE_CLASS_MAPPINGS = {
     "SDATest_Denoise": Denoise,
     "SDATest_Capture": Capture,
     "SDATest_TrainingForward": TrainingForward,
+    **tiny_archs.NODES,
 }
