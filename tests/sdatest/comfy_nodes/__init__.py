@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from sdatest import registry, tiny_clip, tiny_models
+from sdatest import registry, tiny_archs, tiny_clip, tiny_models
 
 class _AnyType(str):
     """Matches every socket type in ComfyUI's validation (the '*' convention custom packs use)."""
@@ -229,6 +229,62 @@ class RandomImages:
         return (tiny_clip.random_images(seed, count, size),)
 
 
+class TinyArch:
+    """A tiny random-weight model of another architecture (sdatest.tiny_archs): SDXL eps/v, FLUX.1-schnell, SD3.5, Qwen-Image."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "arch": (list(tiny_archs.ARCHS), {"default": tiny_archs.ARCHS[0]}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+        }}
+
+    def build(self, arch, seed):
+        return (tiny_archs.tiny_arch(arch, seed),)
+
+
+class TinyArchConditioning:
+    """The CONDITIONING `arch`'s text encoder would give: context [1, T, 32] plus a pooled output where it has one."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "arch": (list(tiny_archs.ARCHS), {"default": tiny_archs.ARCHS[0]}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            "tokens": ("INT", {"default": 8, "min": 1, "max": 64}),
+        }}
+
+    def build(self, arch, seed, tokens):
+        return (tiny_archs.arch_conditioning(arch, seed, tokens),)
+
+
+class TinyArchLatent:
+    """An empty LATENT in `arch`'s own layout (Qwen-Image's is 5-D)."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "arch": (list(tiny_archs.ARCHS), {"default": tiny_archs.ARCHS[0]}),
+            "batch": ("INT", {"default": 1, "min": 1, "max": 16}),
+            "side": ("INT", {"default": 64, "min": 16, "max": 512, "step": 16}),
+        }}
+
+    def build(self, arch, batch, side):
+        return (tiny_archs.arch_latent(arch, batch, side),)
+
+
 NODE_CLASS_MAPPINGS = {
     "SDATest_TinyCLIPText": TinyCLIPText,
     "SDATest_TinyCLIPVision": TinyCLIPVision,
@@ -240,4 +296,7 @@ NODE_CLASS_MAPPINGS = {
     "SDATest_TinyConditioning": TinyConditioning,
     "SDATest_Denoise": Denoise,
     "SDATest_Capture": Capture,
+    "SDATest_TinyArch": TinyArch,
+    "SDATest_TinyArchConditioning": TinyArchConditioning,
+    "SDATest_TinyArchLatent": TinyArchLatent,
 }
