@@ -1,10 +1,13 @@
 """Diversity nodes: a multi-seed grid scored with LPIPS and pixel std, a model-beside-model comparison, a scorer."""
 from __future__ import annotations
 
+import time
+
 import comfy.samplers
 from comfy_api.latest import io
 
 from ..sda_core.diversity.grid import draw_heatmap
+from ..sda_core.diversity.limits import MAX_ROWS
 from ..sda_core.diversity.results import DiversityResult, compare_image, compare_results, grid_header, grid_report
 from ..sda_core.diversity.scores import score_batch
 from ..sda_core.seeds import resolve_seeds
@@ -14,7 +17,7 @@ CATEGORY = "SDA"
 DiversityType = io.Custom("SDA_DIVERSITY")
 LPIPS_NETS = ["alex", "vgg", "squeeze"]
 LPIPS_SIZES = ["short side 256", "native"]
-ROLES = ["none", "1", "2", "3", "4"]
+ROLES = ["none", *map(str, range(1, MAX_ROWS + 1))]
 
 
 def _lpips_inputs() -> list:
@@ -76,18 +79,28 @@ class SDASeedDiversityGrid(io.ComfyNode):
         seeds = resolve_seeds(seed, num_seeds, seed_list)
         lpips = host.lpips_model(lpips_net)  # before sampling: missing weights fail fast
         fidelity = clip_fidelity.prepare(clip_score_clip, clip_vision, clip_score_prompt)  # so do mismatched towers
+        started = time.perf_counter()
         latents, used_batch = sampling.sample_seeds(
             model, positive, negative, seeds, width=width, height=height, steps=steps, cfg=cfg,
             sampler_name=sampler_name, scheduler=scheduler, batch_size=batch_size)
         host.throw_if_interrupted()
         images = host.decode(vae, latents)
-        settings = {"width": width, "height": height, "steps": steps, "cfg": cfg, "sampler": sampler_name,
+        seconds = (time.perf_counter() - started) / len(seeds)
+        rendered_h, rendered_w = int(images.shape[1]), int(images.shape[2])
+        settings = {"width": rendered_w, "height": rendered_h, "steps": steps, "cfg": cfg, "sampler": sampler_name,
                     "scheduler": scheduler, "batch_size": used_batch}
+        notes = []
+        if (rendered_w, rendered_h) != (width, height):
+            notes.append(f"asked {width}×{height}, rendered {rendered_w}×{rendered_h}: the latent holds whole "
+                         f"{sampling.LATENT_FACTOR}-pixel blocks (as EmptyLatentImage and KSampler)")
         if used_batch != batch_size:
-            settings["note"] = f"{sampler_name} draws noise while sampling: seeds were sampled one at a time"
+            notes.append(f"{sampler_name} draws noise while sampling: seeds were sampled one at a time")
+        if notes:
+            settings["note"] = "; ".join(notes)
         scores, matrix = score_batch(images, lpips, _resize(lpips_size))
         result = DiversityResult(label=label, images=images, seeds=seeds, scores=scores, matrix=matrix,
-                                 settings=settings, clip_score=fidelity.score(images) if fidelity else None)
+                                 settings=settings, clip_score=fidelity.score(images) if fidelity else None,
+                                 seconds_per_image=seconds)
         result.grid = result.draw_grid(grid_header(label, settings, scores, result.clip_score))
         report = grid_report(result)
         return io.NodeOutput(result.grid, images, scores.avg_lpips, scores.pixel_std, report, result,

@@ -15,6 +15,7 @@ import comfy.model_management
 import comfy.sample
 import comfy.utils
 
+LATENT_FACTOR = 8  # pixels per latent cell of EmptyLatentImage / EmptySD3LatentImage
 STOCHASTIC_MARKERS = ("ancestral", "sde", "ddpm", "lcm", "seeds_", "sa_solver")
 
 
@@ -23,15 +24,17 @@ def draws_noise_while_sampling(sampler_name: str) -> bool:
 
 
 def empty_latent(model, width: int, height: int) -> torch.Tensor:
-    """The latent EmptySD3LatentImage (Z-Image's example) gives, fitted to the model's latent channels."""
-    latent = torch.zeros([1, 16, height // 8, width // 8], device=comfy.model_management.intermediate_device())
+    """The latent EmptySD3LatentImage (Z-Image's example) gives, fitted as KSampler fits it to the model's latent
+    format (its channel count; 5-D [1, C, 1, h, w] for video-style formats such as Qwen-Image's)."""
+    latent = torch.zeros([1, 16, height // LATENT_FACTOR, width // LATENT_FACTOR],
+                         device=comfy.model_management.intermediate_device())
     return comfy.sample.fix_empty_latent_channels(model, latent)
 
 
 def sample_seeds(model, positive, negative, seeds: Sequence[int], *, width: int, height: int, steps: int, cfg: float,
                  sampler_name: str, scheduler: str, batch_size: int,
                  on_batch: Callable[[list[int], torch.Tensor], None] | None = None) -> tuple[torch.Tensor, int]:
-    """Latents [len(seeds), C, h, w] in seed order, and the batch size actually used.
+    """Latents [len(seeds), C, …] (the model's latent rank) in seed order, and the batch size actually used.
 
     One progress bar over every step of every seed; ComfyUI's interrupt is honoured between steps.
     """
@@ -44,7 +47,7 @@ def sample_seeds(model, positive, negative, seeds: Sequence[int], *, width: int,
     for start in range(0, len(seeds), batch_size):
         chunk = list(seeds[start:start + batch_size])
         noise = torch.cat([comfy.sample.prepare_noise(latent, seed) for seed in chunk])
-        batch_latent = latent.expand(len(chunk), -1, -1, -1).contiguous()
+        batch_latent = latent.expand(len(chunk), *latent.shape[1:]).contiguous()
 
         def callback(step, x0, x, total_steps, _done=done, _n=len(chunk)):
             comfy.model_management.throw_exception_if_processing_interrupted()

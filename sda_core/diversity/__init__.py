@@ -10,13 +10,15 @@ from .scores import (
     DiversityScores,
     definitions_markdown,
     lpips_kernel,
+    Recovery,
+    jackknife_se,
     pixel_std,
-    recovery_ratio,
+    recovery,
     score_batch,
     sharpness,
     vendi_score,
 )
-from .table import markdown_table
+from .table import comparison_rows, markdown_table, setting_warnings
 from .weights import BACKBONES, LPIPSWeightsError, find_backbone_file, load_lpips
 
 __all__ = [
@@ -40,7 +42,11 @@ __all__ = [
     "offdiagonal",
     "pixel_std",
     "prepare_images",
-    "recovery_ratio",
+    "recovery",
+    "Recovery",
+    "jackknife_se",
+    "comparison_rows",
+    "setting_warnings",
     "score_batch",
     "sharpness",
     "stack_images",

@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from .images import validate_images
-from .table import markdown_table
 from .text import MIN_PX, draw_lines, draw_text, line_height, text_width, wrap
 
 __all__ = [
@@ -27,7 +26,6 @@ __all__ = [
     "draw_heatmap",
     "layout_rows",
     "compose_rows",
-    "markdown_table",
 ]
 
 BACKGROUND = (24, 24, 24)

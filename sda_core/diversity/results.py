@@ -13,8 +13,8 @@ import torch
 
 from .clip_score import ClipScore
 from .grid import compose_rows, draw_seed_grid
-from .scores import DEFINITIONS, DiversityScores, definitions_markdown, recovery_ratio
-from .table import markdown_table
+from .scores import DEFINITIONS, DiversityScores, definitions_markdown
+from .table import comparison_rows, markdown_table, setting_warnings
 
 
 @dataclass
@@ -27,6 +27,18 @@ class DiversityResult:
     settings: dict[str, Any] = field(default_factory=dict)
     grid: torch.Tensor | None = None
     clip_score: ClipScore | None = None  # prompt fidelity, when CLIP towers were connected
+    seconds_per_image: float | None = None  # sampling (and decoding) time per image, when measured
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the images as rendered."""
+        return int(self.images.shape[2]), int(self.images.shape[1])
+
+    def entry(self) -> dict[str, Any]:
+        """This result as one row of a comparison (sda_core.diversity.table)."""
+        return {**self.scores.to_dict(), "label": self.label, "seeds": list(self.seeds), "size": self.size,
+                "clip_score": self.clip_score.mean if self.clip_score is not None else None,
+                "seconds_per_image": self.seconds_per_image}
 
     def draw_grid(self, header_lines: Sequence[str]) -> torch.Tensor:
         grid, _ = draw_seed_grid(self.images, self.seeds, header_lines)
@@ -73,6 +85,7 @@ def grid_report(result: DiversityResult) -> str:
         "settings": result.settings,
         "seeds": list(result.seeds),
         "scores": result.scores.to_dict(),
+        "seconds_per_image": result.seconds_per_image,
         "pairwise_lpips": _pair_summary(result.matrix, result.seeds),
         **({"clip_score": result.clip_score.to_dict()} if result.clip_score is not None else {}),
         "definitions": DEFINITIONS,
@@ -84,6 +97,7 @@ class Comparison:
     results: list[DiversityResult]
     roles: list[str]
     rows: list[dict[str, Any]]
+    warnings: list[str]
     table: str
 
 
@@ -100,30 +114,13 @@ def compare_results(results: Sequence[DiversityResult | None], baseline: int | N
             raise ValueError(f"{name} is input {index}, but result_{index} is not connected")
     if baseline is not None and baseline == teacher:
         raise ValueError(f"baseline and teacher are both input {baseline}; mark two different inputs")
-    by_pos = dict(given)
-    rows, roles = [], []
-    for k, r in given:
-        role = "baseline" if k == baseline else "teacher" if k == teacher else "candidate"
-        recovery = None
-        if role == "candidate" and baseline is not None and teacher is not None:
-            recovery = recovery_ratio(by_pos[baseline].scores.avg_lpips, r.scores.avg_lpips,
-                                      by_pos[teacher].scores.avg_lpips)
-        base = by_pos.get(baseline)
-        rel_sharp = r.scores.sharpness / base.scores.sharpness if base is not None and base.scores.sharpness else None
-        rows.append({"label": r.label, "role": role, "avg_lpips": r.scores.avg_lpips,
-                     "pixel_std": r.scores.pixel_std, "sharpness": r.scores.sharpness,
-                     "sharpness_rel": rel_sharp, "vendi": r.scores.vendi, "recovery": recovery})
-        roles.append(role)
-    candidates = [row for row in rows if row["role"] == "candidate"]
-    table = markdown_table(rows, candidates[0]["recovery"] if len(candidates) == 1 else None)
-    if len(candidates) > 1:
-        lines = table.splitlines()[:-1]
-        for row in candidates:
-            value = "n/a" if row["recovery"] is None else f"{row['recovery'] * 100:.1f} %"
-            lines.append(f"Recovery of {row['label']} = ({row['label']} − baseline)/(teacher − baseline) = {value}")
-        table = "\n".join(lines)
-    table += "\n\nDefinitions:\n" + definitions_markdown()
-    return Comparison(results=[r for _, r in given], roles=roles, rows=rows, table=table)
+    rows = comparison_rows([r.entry() for _, r in given],
+                           baseline=positions.index(baseline) if baseline is not None else None,
+                           teacher=positions.index(teacher) if teacher is not None else None)
+    warnings = setting_warnings(rows)
+    table = markdown_table(rows, warnings) + "\n\nDefinitions:\n" + definitions_markdown()
+    return Comparison(results=[r for _, r in given], roles=[row["role"] for row in rows], rows=rows,
+                      warnings=warnings, table=table)
 
 
 def _side_text(row: dict[str, Any]) -> list[str]:
@@ -133,7 +130,7 @@ def _side_text(row: dict[str, Any]) -> list[str]:
         sharp += f" (×{row['sharpness_rel']:.2f} baseline)"
     lines += [sharp, f"Vendi {row['vendi']:.2f}"]
     if row["recovery"] is not None:
-        lines.append(f"recovery {row['recovery'] * 100:.1f} %")
+        lines.append(f"recovery {row['recovery'].text() if row['recovery'].value is not None else 'n/a'}")
     return lines
 
 
@@ -143,4 +140,4 @@ def compare_image(comparison: Comparison) -> torch.Tensor:
     for result, row in zip(comparison.results, comparison.rows):
         grid = result.grid if result.grid is not None else result.draw_grid([result.label])
         rows.append((grid, _side_text(row)))
-    return compose_rows(rows, ["Seed diversity, model beside model"])
+    return compose_rows(rows, ["Seed diversity, model beside model", *(f"Warning: {w}" for w in comparison.warnings)])

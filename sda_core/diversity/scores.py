@@ -35,8 +35,16 @@ DEFINITIONS: dict[str, str] = {
     "K_ij = exp(-LPIPS_ij / tau) (tau = 0.5 unless stated); the effective number of distinct images, "
     "1 for N identical images, N for N entirely different ones.",
     "recovery": "Recovery: (candidate - baseline) / (teacher - baseline) of average pairwise LPIPS; "
-    "the share of the diversity lost by distillation that the candidate gets back.",
+    "the share of the diversity lost by distillation that the candidate gets back. Shown only when the teacher "
+    "is more diverse than the baseline by more than the scores' noise: teacher - baseline must exceed "
+    "max(0.01, 2 x sqrt(SE_baseline^2 + SE_teacher^2)), else 'n/a' with the reason. SE is the jackknife "
+    "standard error of a grid's avg LPIPS (leave one image out; pairs sharing an image are not independent, "
+    "so the plain std/sqrt(pairs) would understate it; needs >= 3 images). The 0.01 floor keeps the 3-decimal "
+    "LPIPS values of the table from moving the percentage by more than 10 points.",
 }
+
+RECOVERY_FLOOR = 0.01  # smallest teacher - baseline gap turned into a percentage (see DEFINITIONS)
+RECOVERY_SIGMAS = 2.0  # the gap must exceed this many standard errors of the difference
 
 
 def definitions_markdown() -> str:
@@ -89,12 +97,54 @@ def vendi_score(kernel: torch.Tensor | np.ndarray) -> float:
     return float(np.exp(-(w * np.log(w)).sum()))
 
 
-def recovery_ratio(baseline: float, candidate: float, teacher: float) -> float | None:
-    """(candidate - baseline) / (teacher - baseline); None when teacher == baseline (undefined)."""
-    gap = teacher - baseline
-    if gap == 0 or math.isclose(teacher, baseline, rel_tol=0.0, abs_tol=1e-12):
+def jackknife_se(matrix: torch.Tensor) -> float | None:
+    """Jackknife standard error of the average pairwise value of a square matrix (leave one image out).
+
+    None for fewer than 3 images (leaving one out of 2 leaves no pair).
+    """
+    m = torch.as_tensor(matrix, dtype=torch.float64).cpu()
+    n = m.shape[0]
+    if n < 3:
         return None
-    return (candidate - baseline) / gap
+    off = m * (1 - torch.eye(n, dtype=torch.float64))
+    total = off.sum() / 2
+    row = off.sum(dim=1)  # the pairs each image is part of
+    loo = (total - row) / ((n - 1) * (n - 2) / 2)
+    return float(math.sqrt((n - 1) / n * float(((loo - loo.mean()) ** 2).sum())))
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The recovery of one candidate, or why it is not given (value None, reason set)."""
+
+    value: float | None
+    reason: str = ""
+
+    def text(self) -> str:
+        return f"{self.value * 100:.1f} %" if self.value is not None else f"n/a ({self.reason})"
+
+
+def recovery_threshold(baseline_se: float | None, teacher_se: float | None) -> float | None:
+    """Smallest teacher - baseline gap worth a percentage; None when a grid's noise is unknown."""
+    if baseline_se is None or teacher_se is None:
+        return None
+    return max(RECOVERY_FLOOR, RECOVERY_SIGMAS * math.hypot(baseline_se, teacher_se))
+
+
+def recovery(baseline: float, candidate: float, teacher: float, baseline_se: float | None,
+             teacher_se: float | None) -> Recovery:
+    """(candidate - baseline) / (teacher - baseline) when the gap is above the noise, else n/a and why."""
+    gap = teacher - baseline
+    if gap <= 0:
+        return Recovery(None, f"the teacher ({teacher:.3f}) is not more diverse than the baseline ({baseline:.3f}): "
+                              "nothing lost to recover")
+    threshold = recovery_threshold(baseline_se, teacher_se)
+    if threshold is None:
+        return Recovery(None, "a grid of 2 images has no noise estimate for its avg LPIPS; use 3 seeds or more")
+    if gap <= threshold:
+        return Recovery(None, f"teacher - baseline = {gap:.3g} is within the scores' noise (threshold "
+                              f"{threshold:.3g})")
+    return Recovery((candidate - baseline) / gap)
 
 
 @dataclass
@@ -113,6 +163,7 @@ class DiversityScores:
     lpips_max: float
     lpips_mean: float
     lpips_std: float
+    lpips_se: float | None  # jackknife standard error of avg_lpips (None below 3 images)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,5 +191,6 @@ def score_batch(
         lpips_max=float(pairs.max()),
         lpips_mean=float(pairs.mean()),
         lpips_std=float(pairs.std(correction=0)),
+        lpips_se=jackknife_se(matrix),
     )
     return scores, matrix

@@ -15,7 +15,6 @@ from sda_core.diversity.grid import (
     draw_heatmap,
     draw_seed_grid,
     layout_rows,
-    markdown_table,
 )
 
 BG = torch.tensor(BACKGROUND, dtype=torch.float32) / 255
@@ -184,20 +183,3 @@ def test_compose_rows_order_padding_and_side_text():
         compose_rows([(torch.rand(2, 8, 8, 3), [])], [])
     with pytest.raises(ValueError, match="at least one row"):
         compose_rows([], ["t"])
-
-
-def test_markdown_table_like_the_sda_card():
-    rows = [
-        dict(label="8-step baseline (collapsed)", role="baseline", avg_lpips=0.564, pixel_std=0.190, sharpness=0.0125, vendi=4.2),
-        dict(label="8-step + SDA LoKr", role="candidate", avg_lpips=0.691, pixel_std=0.209, sharpness=0.0150, vendi=7.9),
-        dict(label="50-step teacher", role="teacher", avg_lpips=0.745, pixel_std=0.243, sharpness=0.0100, vendi=None),
-    ]
-    table = markdown_table(rows, 0.70166)
-    lines = table.splitlines()
-    assert lines[0].startswith("| model | role | avg pairwise LPIPS (diversity) | pixel std (magnitude) | sharpness (rel. to baseline)")
-    assert lines[2] == "| 8-step baseline (collapsed) | baseline | 0.564 | 0.190 | 0.0125 (×1.00) | 4.20 |"
-    assert lines[3] == "| 8-step + SDA LoKr | candidate | 0.691 (+0.127) | 0.209 | 0.015 (×1.20) | 7.90 |"
-    assert lines[4] == "| 50-step teacher | teacher | 0.745 (+0.181) | 0.243 | 0.01 (×0.80) | — |"
-    assert lines[-1] == "Recovery = (SDA − baseline)/(teacher − baseline) = 70.2 %"
-    assert markdown_table(rows, None).splitlines()[-1].endswith("= n/a")
-    assert "a \\| b" in markdown_table([dict(label="a | b", role="x")], None)

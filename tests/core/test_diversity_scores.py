@@ -12,8 +12,9 @@ from sda_core.diversity.scores import (
     DiversityScores,
     definitions_markdown,
     lpips_kernel,
+    jackknife_se,
     pixel_std,
-    recovery_ratio,
+    recovery,
     score_batch,
     sharpness,
     vendi_score,
@@ -98,10 +99,38 @@ def test_lpips_kernel():
         lpips_kernel(d, tau=0)
 
 
-def test_recovery_ratio_on_the_sda_card():
-    assert recovery_ratio(0.564, 0.691, 0.745) == pytest.approx(0.7017, abs=5e-5)
-    assert recovery_ratio(0.5, 0.5, 0.5) is None
-    assert recovery_ratio(0.5, 0.4, 0.7) == pytest.approx(-0.5)
+def test_recovery_on_the_sda_card():
+    card = recovery(0.564, 0.691, 0.745, baseline_se=0.01, teacher_se=0.01)
+    assert card.value == pytest.approx(0.7017, abs=5e-5) and card.text() == "70.2 %"
+    assert recovery(0.5, 0.4, 0.7, 0.01, 0.01).value == pytest.approx(-0.5)  # a candidate below the baseline
+
+
+@pytest.mark.parametrize("baseline, teacher, se, reason", [
+    (0.5, 0.4, 0.001, "the teacher (0.400) is not more diverse than the baseline (0.500)"),  # would read 50 %
+    (0.5, 0.5, 0.001, "not more diverse"),
+    (0.5, 0.5 + 1e-9, 0.0, "within the scores' noise (threshold 0.01)"),  # floor: would read 1e10 %
+    (0.5, 0.55, 0.02, "within the scores' noise (threshold 0.0566)"),  # 2 x hypot(0.02, 0.02)
+    (0.5, 0.7, None, "2 images"),
+])
+def test_recovery_is_na_with_the_reason_when_the_gap_is_not_above_the_noise(baseline, teacher, se, reason):
+    result = recovery(baseline, 0.45, teacher, baseline_se=se, teacher_se=se)
+    assert result.value is None and reason in result.reason
+    assert result.text().startswith("n/a (") and "%" not in result.text()
+
+
+def test_jackknife_se_equals_leave_one_image_out_by_hand():
+    rng = np.random.default_rng(3)
+    d = rng.uniform(0.2, 0.8, (6, 6))
+    d = np.triu(d, 1) + np.triu(d, 1).T
+    n = 6
+    loo = []
+    for left in range(n):
+        keep = [k for k in range(n) if k != left]
+        loo.append(np.mean([d[i, j] for a, i in enumerate(keep) for j in keep[a + 1:]]))
+    reference = np.sqrt((n - 1) / n * np.sum((np.array(loo) - np.mean(loo)) ** 2))
+    assert jackknife_se(torch.from_numpy(d)) == pytest.approx(reference, rel=1e-12)
+    assert jackknife_se(torch.tensor([[0.0, 0.3], [0.3, 0.0]])) is None
+    assert jackknife_se(torch.full((4, 4), 0.5).fill_diagonal_(0)) == pytest.approx(0.0, abs=1e-15)
 
 
 def test_bad_inputs_raise():

@@ -6,41 +6,21 @@ tests/integration/test_workflows.py; loading in the real frontend is in tests/e2
 """
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sdatest.workflow_api import CORE_TYPES, load_builder
+from sdatest.pack_source import registered_node_ids
+from sdatest.workflow_api import CORE_TYPES
+from workflow_flows import all_flows
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 NOTE_TYPES = ("Note", "MarkdownNote")
 MODEL_FILES = ("diffusion_models/z_image_turbo_bf16.safetensors", "text_encoders/qwen_3_4b.safetensors",
                "vae/ae.safetensors")
-
-
-def registered_node_ids() -> set[str]:
-    """Node ids our registry hands to ComfyUI, read from the source (nodes/registry.py -> <module>.NODES)."""
-    registry = ast.parse((REPO / "nodes" / "registry.py").read_text())
-    modules = {n.value.id for n in ast.walk(registry)
-               if isinstance(n, ast.Attribute) and n.attr == "NODES" and isinstance(n.value, ast.Name)}
-    assert modules, "nodes/registry.py lists no <module>.NODES"
-    ids = set()
-    for module in modules:  # a module nodes/<module>.py or a package nodes/<module>/ (its NODES in any file)
-        single = REPO / "nodes" / f"{module}.py"
-        files = [single] if single.exists() else sorted((REPO / "nodes" / module).glob("*.py"))
-        trees = [ast.parse(f.read_text()) for f in files]
-        listed = {e.id for tree in trees for n in tree.body if isinstance(n, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "NODES" for t in n.targets) and isinstance(n.value, ast.List)
-            for e in n.value.elts}
-        for cls in (c for tree in trees for c in tree.body):
-            if isinstance(cls, ast.ClassDef) and cls.name in listed:
-                ids |= {kw.value.value for call in ast.walk(cls) if isinstance(call, ast.Call)
-                        for kw in call.keywords if kw.arg == "node_id" and isinstance(kw.value, ast.Constant)}
-    return ids
 
 
 def note_text(workflow: dict[str, Any]) -> str:
@@ -52,14 +32,19 @@ def workflow(request) -> dict[str, Any]:
     return json.loads(request.param.read_text(encoding="utf-8"))
 
 
-def test_every_buildable_workflow_is_shipped():
-    """A workflow whose nodes are all registered must be in workflows/ (and nothing else is there)."""
-    ready, _waiting = load_builder().buildable(CORE_TYPES | registered_node_ids())
-    expected = {f.name for f in ready}
-    assert {"sda_lokr_basic", "sda_style_stack", "training_adapter_inversion"} <= expected
-    if "SDAScheduledAdapter" in registered_node_ids():
-        assert "sda_early_steps" in expected
-    assert {p.stem for p in WORKFLOWS} == expected
+def test_every_described_workflow_is_shipped_and_nothing_else():
+    """workflows/ holds exactly the workflows scripts/workflow_flows.py describes."""
+    described = {f.name for f in all_flows()}
+    assert {"sda_lokr_basic", "sda_style_stack", "training_adapter_inversion", "sda_early_steps"} <= described
+    assert {p.stem for p in WORKFLOWS} == described
+
+
+def test_described_workflows_use_only_core_and_registered_node_types():
+    """A description naming a node type the registry does not list fails here, not in a user's browser."""
+    ours = registered_node_ids()
+    for flow in all_flows():
+        unknown = sorted(flow.types - CORE_TYPES - ours)
+        assert not unknown, f"{flow.name}: node types neither core (CORE_TYPES) nor registered by the pack: {unknown}"
 
 
 def test_top_level_format(workflow):
@@ -128,10 +113,7 @@ def test_nodes_do_not_overlap(workflow):
 def test_early_steps_workflow_compares_four_schedules():
     """Issue 7: baseline vs SDA on all steps vs the first 2 / 4 steps, four grids into one compare -> Save,
     and a Note on the trade-off."""
-    path = REPO / "workflows" / "sda_early_steps.json"
-    if not path.exists():
-        pytest.skip("sda_early_steps.json is not shipped yet (SDAScheduledAdapter not registered)")
-    wf = json.loads(path.read_text(encoding="utf-8"))
+    wf = json.loads((REPO / "workflows" / "sda_early_steps.json").read_text(encoding="utf-8"))
     nodes = {n["id"]: n for n in wf["nodes"]}
     by_type: dict[str, list[dict[str, Any]]] = {}
     for n in wf["nodes"]:

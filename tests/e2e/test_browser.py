@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from sdatest.workflow_api import CORE_TYPES, WORKFLOWS_DIR, tiny_variant, to_api
+from sdatest.workflow_api import CORE_TYPES, SAVED_WORKFLOWS_DIR, WORKFLOWS_DIR, as_loaded, tiny_variant, to_api
 
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
-QUEUED = [pytest.param(name, marks=pytest.mark.skipif(not (WORKFLOWS_DIR / f"{name}.json").exists(),
-                                                     reason=f"{name}.json is not shipped yet (nodes not registered)"))
-          for name in ("seed_grid_diversity_comparison", "sda_lokr_basic")]
+SAVED_WORKFLOWS = sorted(SAVED_WORKFLOWS_DIR.glob("*.json"))  # as users saved them from 0.1.0
+QUEUED = ("seed_grid_diversity_comparison", "sda_lokr_basic")
 RUN_TIMEOUT = 120.0
 IMAGE_TYPES = ("SaveImage", "SDASeedDiversityGrid", "SDADiversityCompare")  # nodes that must show an image
 
@@ -85,14 +84,16 @@ def test_workflows_are_offered_in_the_template_browser(server):
         assert served == json.loads(path.read_text(encoding="utf-8")), path.name
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+@pytest.mark.parametrize("path", WORKFLOWS + SAVED_WORKFLOWS,
+                         ids=[p.stem for p in WORKFLOWS] + [f"saved-0.1.0-{p.stem}" for p in SAVED_WORKFLOWS])
 def test_workflow_loads_cleanly_and_queues_what_we_convert(page, server, artifacts, path: Path):
     workflow = json.loads(path.read_text(encoding="utf-8"))
     _load(page, workflow)
-    page.screenshot(path=str(artifacts / f"{path.stem}.png"))
+    page.screenshot(path=str(artifacts / f"{path.parent.name}-{path.stem}.png"))
     _assert_loaded_cleanly(page, workflow)
     ui_prompt = _as_the_server_reads_it(page.evaluate(PROMPT), server.object_info)
-    assert ui_prompt == _as_the_server_reads_it(to_api(workflow, server.object_info), server.object_info)
+    ours = to_api(as_loaded(workflow, server.object_info), server.object_info)
+    assert ui_prompt == _as_the_server_reads_it(ours, server.object_info)
 
 
 def _run_from_ui(page, server) -> dict[str, Any]:

@@ -11,29 +11,26 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from sdatest.workflow_api import (CONTROL, CORE_TYPES, TINY_LOADERS, VIRTUAL_TYPES, WORKFLOWS_DIR, combo_options,
-                                  control_values, input_specs, load_builder, node_defs, tiny_variant, to_api,
-                                  widget_values, write_tiny_model_files)
+import workflow_flows as flows
+from sdatest.workflow_api import (CORE_TYPES, SAVED_WORKFLOWS_DIR, TINY_LOADERS, WORKFLOWS_DIR, as_loaded,
+                                  combo_options, control_values, tiny_variant, to_api, widget_values,
+                                  write_tiny_model_files)
+from workflow_compiler import CONTROL, VIRTUAL_TYPES, Out, input_specs, node_defs, node_ids, workflow_text
 
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
+SAVED_WORKFLOWS = sorted(SAVED_WORKFLOWS_DIR.glob("*.json"))
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 TINY_SIDE = 64
 
 
 def _load(name: str) -> dict[str, Any]:
-    path = WORKFLOWS_DIR / f"{name}.json"
-    if not path.exists():
-        import nodes
-
-        waiting = dict(load_builder().buildable(set(nodes.NODE_CLASS_MAPPINGS))[1])
-        pytest.skip(f"{path.name} is not shipped yet: waits for node types {waiting.get(name)}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads((WORKFLOWS_DIR / f"{name}.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
 def defs(comfy) -> dict[str, dict[str, Any]]:
     """ComfyUI's definitions of every node type the workflows (and their tiny variants) use."""
-    types = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
+    types = {n["type"] for p in WORKFLOWS + SAVED_WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
     types |= {tiny for tiny, _ in TINY_LOADERS.values()}
     import nodes
 
@@ -66,26 +63,22 @@ def test_core_types_exist(comfy):
 
 
 def test_files_match_their_descriptions(comfy):
-    """workflows/*.json are what scripts/build_workflows.py makes from its by-name descriptions with this
+    """workflows/*.json are what scripts/build_workflows.py makes from the by-name descriptions with this
     ComfyUI's definitions: a value in the wrong widget position, or a stale file, fails here."""
-    import nodes
-
-    b = load_builder()
-    ready, _ = b.buildable(set(nodes.NODE_CLASS_MAPPINGS))
-    assert ready
-    for flow in ready:
+    described = flows.all_flows()
+    assert described
+    for flow in described:
         path = WORKFLOWS_DIR / f"{flow.name}.json"
         assert path.exists(), f"{path.name} missing: run scripts/build_workflows.py"
-        built = b.dump(b.build(flow, node_defs(flow.types)))
+        built = workflow_text(flow)
         assert path.read_text(encoding="utf-8") == built, f"{path.name} is stale: run scripts/build_workflows.py"
 
 
 def test_converted_values_are_the_described_ones(shipped, defs):
     """to_api reads each widget back under the name the description gave it, links to the described node."""
-    b = load_builder()
     name, workflow = shipped
-    flow = next(flow for flow in (make() for make in b.FLOWS) if flow.name == name)
-    ids = b.node_ids(flow)
+    flow = next(flow for flow in flows.all_flows() if flow.name == name)
+    ids = node_ids(flow)
     prompt = to_api(workflow, defs)
     for spec in flow.nodes:
         if spec.type in VIRTUAL_TYPES:  # Notes stay in the UI
@@ -97,7 +90,7 @@ def test_converted_values_are_the_described_ones(shipped, defs):
             continue
         assert node["class_type"] == spec.type
         for input_name, value in spec.values.items():
-            if isinstance(value, b.Out):
+            if isinstance(value, Out):
                 if str(ids[value.key]) in prompt:
                     assert node["inputs"][input_name][0] == str(ids[value.key]), f"{spec.key}.{input_name}"
             else:
@@ -150,6 +143,27 @@ def test_comfyui_validates_the_converted_workflow(comfy, workflow, defs, model_f
     assert not {origin for origin, _ in linked} - set(prompt), "a link points at a node that is not sent"
 
 
+@pytest.mark.parametrize("path", SAVED_WORKFLOWS, ids=[p.stem for p in SAVED_WORKFLOWS])
+def test_workflows_saved_with_0_1_0_still_load_and_validate(comfy, defs, model_files, path):
+    """Node ids and input names are a public contract: a workflow saved before display names changed and
+    nodes gained inputs loads with its values in the same widgets, and ComfyUI accepts the prompt."""
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    loaded = as_loaded(saved, defs)
+    _assert_widgets_fit(loaded, defs)
+    prompt = to_api(loaded, defs)
+    outputs = comfy.validate(prompt)
+    assert {i for i, n in prompt.items() if n["class_type"] == "SaveImage"} <= set(outputs)
+    today = {n["id"]: n for n in json.loads((WORKFLOWS_DIR / path.name).read_text(encoding="utf-8"))["nodes"]}
+    for node in loaded["nodes"]:  # a widget inserted before older ones would shift the saved values
+        current = today.get(node["id"])
+        if node["type"] in VIRTUAL_TYPES or current is None or current["type"] != node["type"]:
+            continue
+        defn = defs[node["type"]]
+        assert widget_values(node, defn) == widget_values(current, defn), (
+            f"{path.name} node {node['id']} ({node['type']}): saved values land in other widgets than in today's "
+            "workflow; add new widgets after the old ones (or, if the shipped value changed on purpose, say so here)")
+
+
 def _saved_images(comfy, prompt: dict, outputs: dict) -> list[Image.Image]:
     """What the SaveImage nodes wrote into the session's output folder."""
     images = []
@@ -179,7 +193,7 @@ def test_tiny_basic_workflow_executes(comfy, defs, model_files):
     (image,) = _saved_images(comfy, prompt, outputs)
     assert image.size == (TINY_SIDE, TINY_SIDE)
     (report,) = _texts(prompt, outputs, "SDALoKrLoader")
-    assert load_builder().SDA_LOKR in report and "LoKr" in report, report
+    assert flows.SDA_LOKR in report and "LoKr" in report, report
 
 
 def test_tiny_inversion_workflow_executes(comfy, defs, model_files):
@@ -187,7 +201,7 @@ def test_tiny_inversion_workflow_executes(comfy, defs, model_files):
     (image,) = _saved_images(comfy, prompt, outputs)
     assert image.size == (TINY_SIDE, TINY_SIDE)
     (report,) = _texts(prompt, outputs, "SDAInvertTrainingAdapter")
-    assert "verify:" in report and load_builder().TRAINING_ADAPTER in report, report
+    assert "verify:" in report and flows.TRAINING_ADAPTER in report, report
     deviation = float(report.split("within ")[1].split(" ")[0])
     assert deviation < 1e-4, report
 

@@ -1,26 +1,21 @@
 """UI-format workflows (what the frontend saves) to API-format prompts (what it POSTs to /prompt).
 
-The frontend stores a node's widget values positionally (`widgets_values`), in the order it created the
-widgets: the node's widget inputs in definition order (required, then optional), plus one extra value
-("fixed", "randomize", ...) right after every INT widget that carries a control_after_generate widget.
-`widget_slots` states that rule once; `to_api` applies it like the frontend's graphToPrompt: Note nodes,
-muted and bypassed nodes are left out, links through a bypassed node go to its matching input.
+The widget-order rule (`widget_slots`) is the compiler's (scripts/workflow_compiler.py); `to_api` reads by it
+like the frontend's graphToPrompt: Note nodes, muted and bypassed nodes are left out, links through a
+bypassed node go to its matching input.
 
-Node definitions are ComfyUI's own (`node_info`, the shape of GET /object_info), so a workflow whose
-values do not line up with the real inputs fails here instead of in a user's browser.
+Node definitions are ComfyUI's own (`workflow_compiler.node_defs`, the shape of GET /object_info), so a
+workflow whose values do not line up with the real inputs fails here instead of in a user's browser.
 """
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Iterable
+from typing import Any
 
-CONTROL = "control_after_generate"
-WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
-VIRTUAL_TYPES = frozenset({"Note", "MarkdownNote"})  # frontend-only nodes: never sent to the server
+import workflow_flows as flows
+from workflow_compiler import CONTROL, VIRTUAL_TYPES, input_specs, widget_slots
+
 MODE_MUTED, MODE_BYPASSED = 2, 4
 # The core ComfyUI node types the shipped workflows may use: checked in, so the always-tier can tell a
 # core type from a typo; the integration tier checks each exists in ComfyUI, the browser tier in the UI.
@@ -28,62 +23,16 @@ CORE_TYPES = frozenset({
     "UNETLoader", "CLIPLoader", "VAELoader", "CLIPTextEncode", "ConditioningZeroOut", "EmptySD3LatentImage",
     "ModelSamplingAuraFlow", "KSampler", "VAEDecode", "SaveImage", "PreviewAny", "MarkdownNote", "Note",
 })
-LEGACY_SEED_NAMES = ("seed", "noise_seed")  # the frontend adds a control widget to these without being asked
-
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = REPO / "workflows"
-
-
-def load_builder() -> ModuleType:
-    """scripts/build_workflows.py as a module (its workflow descriptions and `build`)."""
-    if "build_workflows" in sys.modules:
-        return sys.modules["build_workflows"]
-    spec = importlib.util.spec_from_file_location("build_workflows", REPO / "scripts" / "build_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+# The workflows as shipped in 0.1.0, before issue 12 renamed display names and nodes gained inputs: users
+# hold copies of these, so they must keep loading (tests/integration/test_workflows.py, tests/e2e/).
+SAVED_WORKFLOWS_DIR = REPO / "tests" / "fixtures" / "workflows_0.1.0"
 
 
 class WorkflowError(ValueError):
     """The workflow does not match the node definitions (wrong widget count, unknown type, dangling link)."""
-
-
-def node_info(class_type: str) -> dict[str, Any]:
-    """The definition GET /object_info serves for one node type (needs ComfyUI's `nodes` imported)."""
-    import nodes
-
-    cls = nodes.NODE_CLASS_MAPPINGS[class_type]
-    if hasattr(cls, "GET_NODE_INFO_V1"):  # V3 node (comfy_api io.ComfyNode)
-        return cls.GET_NODE_INFO_V1()
-    inputs = cls.INPUT_TYPES()
-    return {
-        "input": inputs,
-        "input_order": {section: list(specs) for section, specs in inputs.items()},
-        "output": list(cls.RETURN_TYPES),
-        "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
-        "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
-        "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(class_type, class_type),
-    }
-
-
-def node_defs(types: Iterable[str]) -> dict[str, dict[str, Any]]:
-    return {t: node_info(t) for t in sorted(set(types)) if t not in VIRTUAL_TYPES}
-
-
-def input_specs(node_def: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(name, type, options) of every non-hidden input, required then optional, in definition order."""
-    out = []
-    for section in ("required", "optional"):
-        specs = node_def.get("input", {}).get(section, {})
-        order = node_def.get("input_order", {}).get(section, list(specs))
-        for name in order:
-            spec = specs[name]
-            kind = "COMBO" if isinstance(spec[0], (list, tuple)) else spec[0]
-            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            out.append((name, kind, options))
-    return out
 
 
 def combo_options(node_def: dict[str, Any], name: str) -> list:
@@ -93,30 +42,6 @@ def combo_options(node_def: dict[str, Any], name: str) -> list:
         if spec is not None:
             return list(spec[0]) if isinstance(spec[0], (list, tuple)) else list(spec[1].get("options", []))
     raise KeyError(name)
-
-
-def is_widget(kind: str, options: dict[str, Any]) -> bool:
-    return kind in WIDGET_TYPES and not options.get("forceInput", False)
-
-
-def has_control(name: str, kind: str, options: dict[str, Any]) -> bool:
-    """Whether the frontend adds a control_after_generate widget (value saved right after this one)."""
-    if kind == "INT":
-        return bool(options.get(CONTROL, name in LEGACY_SEED_NAMES))
-    if kind == "COMBO" and options.get(CONTROL):
-        raise NotImplementedError("combo with control_after_generate (the frontend adds two extra widgets)")
-    return False
-
-
-def widget_slots(node_def: dict[str, Any]) -> list[str]:
-    """Names of the `widgets_values` positions; a control value shows as CONTROL after its widget."""
-    slots = []
-    for name, kind, options in input_specs(node_def):
-        if is_widget(kind, options):
-            slots.append(name)
-            if has_control(name, kind, options):
-                slots.append(CONTROL)
-    return slots
 
 
 def widget_values(node: dict[str, Any], node_def: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +59,23 @@ def control_values(node: dict[str, Any], node_def: dict[str, Any]) -> dict[str, 
     slots = widget_slots(node_def)
     values = node.get("widgets_values") or []
     return {slots[i - 1]: values[i] for i, name in enumerate(slots) if name == CONTROL}
+
+
+def as_loaded(workflow: dict[str, Any], node_defs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A saved workflow as the frontend loads it into today's nodes: saved widget values fill the widgets in
+    order and widgets added since keep their defaults (a control widget "fixed"); more values than widgets
+    is a WorkflowError, since the frontend would drop some. Node ids, links and inputs stay as saved."""
+    wf = copy.deepcopy(workflow)
+    for node in wf["nodes"]:
+        if node["type"] in VIRTUAL_TYPES:
+            continue
+        node_def = node_defs[node["type"]]
+        saved, slots = list(node.get("widgets_values") or []), widget_slots(node_def)
+        if len(saved) > len(slots):
+            raise WorkflowError(f"node {node['id']} ({node['type']}): {len(saved)} saved widget values for "
+                                f"{len(slots)} widgets {slots}")
+        node["widgets_values"] = saved + _widget_list(node_def, {})[len(saved):]
+    return wf
 
 
 def _is_sent(node: dict[str, Any]) -> bool:
@@ -250,9 +192,8 @@ def write_tiny_model_files(models_dir: Path) -> dict[str, Path]:
     downloaded; its scores mean nothing, which is fine for a smoke run)."""
     from .adapter_files import write_lora, write_sda_lokr, zimage_layout
 
-    b = load_builder()
-    placeholders = {b.Z_IMAGE: "diffusion_models", b.TEACHER: "diffusion_models", b.QWEN: "text_encoders",
-                    b.AE: "vae"}
+    placeholders = {flows.Z_IMAGE: "diffusion_models", flows.TEACHER: "diffusion_models",
+                    flows.QWEN: "text_encoders", flows.AE: "vae"}
     written: dict[str, Path] = {}
     for name, folder in placeholders.items():
         path = models_dir / folder / name
@@ -261,9 +202,10 @@ def write_tiny_model_files(models_dir: Path) -> dict[str, Path]:
         written[name] = path
     shapes = zimage_layout()
     loras = models_dir / "loras"
-    written[b.SDA_LOKR] = loras / b.SDA_LOKR
-    write_sda_lokr(written[b.SDA_LOKR], shapes, factor=8, seed=11, scale=0.05)
-    for seed, name in enumerate((b.STYLE_LORA, b.DISTILL_PATCH, b.TRAINING_ADAPTER, b.DIFFERENTIAL_LORA), start=12):
+    written[flows.SDA_LOKR] = loras / flows.SDA_LOKR
+    write_sda_lokr(written[flows.SDA_LOKR], shapes, factor=8, seed=11, scale=0.05)
+    for seed, name in enumerate((flows.STYLE_LORA, flows.DISTILL_PATCH, flows.TRAINING_ADAPTER,
+                                 flows.DIFFERENTIAL_LORA), start=12):
         written[name] = loras / name
         write_lora(written[name], shapes, rank=4, seed=seed)
     written["lpips"] = models_dir / "lpips" / "alexnet.safetensors"
