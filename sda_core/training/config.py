@@ -1,6 +1,6 @@
 """What an SDA run needs: hyper-parameters (`SDAConfig`) and the models as plain callables (`SDAModels`).
 
-Defaults are the SDA card's (see SDA.md): LoKr factor 8 with a full w2, AdamW with weight decay 0.001,
+Defaults are the SDA card's (see docs/method.md): LoKr factor 8 with a full w2, AdamW with weight decay 0.001,
 Huber anchor delta 0.08, avg-pool kernel 8, the diversity term on steps 0..6 of the 8-step schedule
 (step 7 pure anchor), Z-Image's sampling shift 3.0, teacher cfg 1.
 """

@@ -1,4 +1,4 @@
-"""One SDA loss evaluation: the forwards of SDA.md, in the cheapest order, feeding `loss`'s terms.
+"""One SDA loss evaluation: the forwards of docs/method.md, in the cheapest order, feeding `loss`'s terms.
 
 Forwards per step at x_t(z1), x_t(z2) (both on the student's own trajectory, see `trajectory.rollout`):
   baseline   student, LoKr disabled, assistant on     no grad   z1

@@ -15,13 +15,7 @@ from sda_core.training.trajectory import flow_sigmas
 from sdatest.toy_training import tiny_dit_problem, toy_problem
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny ops: a second thread only adds contention on the 2-core CI machines
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _lokr_tensors(tp):

@@ -17,11 +17,6 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def lpips_weights(comfy):
-    return tiny_models.write_lpips_backbone(comfy.folder("lpips"))
-
-
-@pytest.fixture(scope="module")
 def lokr(comfy):
     shapes = tiny_models.tiny_zimage_shapes()
     write_sda_lokr(comfy.folder("loras") / "div_sda.safetensors", shapes, factor=8, seed=4, scale=0.2)

@@ -27,14 +27,7 @@ MAIN = ["attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.
         "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny ops: on the shared 2-core machines a second torch thread mostly waits (20x slower under load).
-    # Module-wide: runs compared bit for bit must use the same thread count (reduction order).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +38,6 @@ def adapters(comfy):
     write_lora(loras / "train_dedistill.safetensors", shapes, rank=4, seed=11)
     write_lora(loras / "train_assistant.safetensors", shapes, rank=4, seed=12)
     return loras
-
-
-@pytest.fixture(scope="module")
-def lpips_weights(comfy):
-    return tiny_models.write_lpips_backbone(comfy.folder("lpips"))
 
 
 @pytest.fixture

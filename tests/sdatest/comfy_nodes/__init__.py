@@ -190,10 +190,10 @@ class TinyCLIPText:
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "width": ("INT", {"default": 32, "min": 8, "max": 256}),
             "kind": (["clip_l", "clip_g"], {"default": "clip_l"}),
-        }}
+        }, "optional": {"dtype": (["fp32", "bf16"], {"default": "fp32"})}}
 
-    def build(self, seed, width, kind):
-        return (tiny_clip.tiny_clip_text(seed, width, kind),)
+    def build(self, seed, width, kind, dtype="fp32"):
+        return (tiny_clip.tiny_clip_text(seed, width, kind, torch.float32 if dtype == "fp32" else torch.bfloat16),)
 
 
 class TinyCLIPVision:
@@ -206,10 +206,10 @@ class TinyCLIPVision:
         return {"required": {
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "projection_dim": ("INT", {"default": 32, "min": 8, "max": 256}),
-        }}
+        }, "optional": {"dtype": (["fp32", "bf16"], {"default": "fp32"})}}
 
-    def build(self, seed, projection_dim):
-        return (tiny_clip.tiny_clip_vision(seed, projection_dim),)
+    def build(self, seed, projection_dim, dtype="fp32"):
+        return (tiny_clip.tiny_clip_vision(seed, projection_dim, torch.float32 if dtype == "fp32" else torch.bfloat16),)
 
 
 class RandomImages:
