@@ -309,7 +309,8 @@ def main(argv: Sequence[str] | None = None, runtime=None) -> dict[str, Any]:
             teacher=labels.index(args.teacher) + 1 if args.teacher else None, prefix=f"prompt{k:02d}")
         ui = runtime.run(prompt)
         reports = {label: json.loads(ui[node]["text"][0]) for label, node in grids.items()}
-        per_prompt.append({label: {**r["scores"], "seconds_per_image": r.get("seconds_per_image")}
+        per_prompt.append({label: {**r["scores"], "seconds_per_image": r.get("seconds_per_image"),
+                                   "clip_score": (r.get("clip_score") or {}).get("mean")}
                            for label, r in reports.items()})
         settings = {label: {"seeds": r["seeds"], "size": (r["settings"]["width"], r["settings"]["height"])}
                     for label, r in reports.items()}
