@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import adapters, diversity, scheduled_adapter, training
+from . import adapters, conditioning_methods, diversity, model_by_step, scheduled_adapter, training
 
 
 class SDAExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*adapters.NODES, *diversity.NODES, *scheduled_adapter.NODES, *training.NODES]
+        return [*adapters.NODES, *diversity.NODES, *scheduled_adapter.NODES, *training.NODES,
+                *conditioning_methods.NODES, *model_by_step.NODES]

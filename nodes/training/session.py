@@ -10,12 +10,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-import comfy.model_base
 import comfy.model_management as mm
 import comfy.patcher_extension
-import comfy.sampler_helpers
-import comfy.samplers
-import comfy.utils
 
 from ...sda_core.adapters import LoadedAdapter, Target
 from ...sda_core.training import LoKrSet, SDAConfig, SDAModels, SlicedLoKr, flow_sigmas

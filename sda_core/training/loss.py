@@ -1,6 +1,6 @@
-"""The SDA loss, term by term, as pure tensor functions (SDA.md "The SDA loss").
+"""The SDA loss, term by term, as pure tensor functions (docs/method.md, "The SDA loss").
 
-Numbers refer to SDA.md's list. Clean-space projection (1): x0 = x_t - sigma*v. The card writes
+Numbers refer to docs/method.md's list. Clean-space projection (1): x0 = x_t - sigma*v. The card writes
 z - v, which is this at pure noise (sigma = 1); the loss is also applied at intermediate steps of the
 student's schedule, where x_t - sigma*v is the deliberate generalisation. `step.sda_loss` runs the
 forwards and assembles these terms.

@@ -1,4 +1,4 @@
-"""Each SDA term against what SDA.md says: sign, pooling, detach, masking, time segmentation, Huber delta."""
+"""Each SDA term against what docs/method.md says: sign, pooling, detach, masking, time segmentation, Huber delta."""
 import contextlib
 import dataclasses
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdatest import registry, tiny_models
+from sdatest import registry
 from sdatest.comfy_host import PromptFailed
 from sdatest.graph import Graph
 
@@ -20,14 +20,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 EOS = 49407
 
 
-@pytest.fixture(scope="module")
-def lpips_weights(comfy):
-    return tiny_models.write_lpips_backbone(comfy.folder("lpips"))
-
-
-def _towers(g, text_width=32, kind="clip_l", projection_dim=32):
-    clip = g.add("SDATest_TinyCLIPText", seed=4, width=text_width, kind=kind)  # seed 4: some cosines < 0, some > 0
-    vision = g.add("SDATest_TinyCLIPVision", seed=4, projection_dim=projection_dim)
+def _towers(g, text_width=32, kind="clip_l", projection_dim=32, dtype="fp32"):
+    # seed 4: some cosines < 0, some > 0
+    clip = g.add("SDATest_TinyCLIPText", seed=4, width=text_width, kind=kind, dtype=dtype)
+    vision = g.add("SDATest_TinyCLIPVision", seed=4, projection_dim=projection_dim, dtype=dtype)
     return clip, vision
 
 
@@ -66,10 +62,11 @@ def _formula(image_embeds: np.ndarray, text_embed: np.ndarray) -> np.ndarray:
     return 100.0 * np.maximum(cos, 0.0)
 
 
-def test_lpips_score_node_clip_score_equals_the_formula_on_the_towers_outputs(comfy, lpips_weights):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_lpips_score_node_clip_score_equals_the_formula_on_the_towers_outputs(comfy, lpips_weights, dtype):
     g = Graph()
     images = g.add("SDATest_RandomImages", seed=5, count=6, size=32)
-    clip, vision = _towers(g)
+    clip, vision = _towers(g, dtype=dtype)
     score = _score_node(g, images, clip, vision)
     weighted = _score_node(g, images, clip, vision, prompt=PROMPT.replace("golden hour", "(golden hour:1.3)"))
     for key, node in (("images", images[0]), ("clip", clip[0]), ("vision", vision[0]), ("report", score[3]),
@@ -79,6 +76,9 @@ def test_lpips_score_node_clip_score_equals_the_formula_on_the_towers_outputs(co
 
     report = json.loads(registry.take("cs_report"))["clip_score"]
     clip_obj, vision_obj = registry.take("cs_clip"), registry.take("cs_vision")
+    stored = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    assert clip_obj.cond_stage_model.clip_l.transformer.text_projection.weight.dtype == stored
+    assert vision_obj.model.visual_projection.weight.dtype == stored
     expected = _formula(_image_embeddings(vision_obj, registry.take("cs_images")), _text_embedding(clip_obj, PROMPT))
     assert (expected > 0).sum() >= 2 and (expected == 0).any(), f"the towers should test both sides of the clamp: {expected}"
     np.testing.assert_allclose(report["per_image"], expected, rtol=0, atol=1e-3)

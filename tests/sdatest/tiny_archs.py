@@ -105,3 +105,85 @@ def arch_latent(arch: str, batch: int = 1, side: int = 64) -> dict:
     if arch == "qwen_image":
         shape.insert(2, 1)
     return {"samples": torch.zeros(shape)}
+
+
+def arch_vae(arch: str, seed: int = 0):
+    """A tiny VAE of the family's kind: AutoencoderKL with the model's latent channels, Qwen-Image's Wan 2.1 VAE
+    (dim 8, found by ComfyUI from its state dict as a real file would be), weights from `seed`."""
+    from sdatest import tiny_models
+
+    if arch != "qwen_image":
+        return tiny_models.tiny_vae(seed, channels=LATENT_CHANNELS[arch])
+    import comfy.ldm.wan.vae
+    import comfy.sd
+
+    wan = comfy.ldm.wan.vae.WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                   temperal_downsample=[False, True, True], dropout=0.0)
+    _init_(wan, seed, std=0.05)
+    return comfy.sd.VAE(sd=wan.state_dict())
+
+
+class TinyArch:
+    """Test node: a tiny model of another architecture (see tiny_arch)."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"arch": (list(ARCHS),), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    def build(self, arch, seed):
+        return (tiny_arch(arch, seed),)
+
+
+class TinyArchConditioning:
+    """Test node: a CONDITIONING for a tiny architecture (see arch_conditioning)."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"arch": (list(ARCHS),), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+                             "tokens": ("INT", {"default": 8, "min": 1, "max": 512})}}
+
+    def build(self, arch, seed, tokens):
+        return (arch_conditioning(arch, seed, tokens),)
+
+
+class TinyArchVAE:
+    """Test node: the tiny VAE for a tiny architecture's latents (see arch_vae)."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"arch": (list(ARCHS),), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    def build(self, arch, seed):
+        return (arch_vae(arch, seed),)
+
+
+class TinyArchLatent:
+    """Test node: an empty LATENT in a tiny architecture's own layout (see arch_latent; Qwen-Image's is 5-D)."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"arch": (list(ARCHS),), "batch": ("INT", {"default": 1, "min": 1, "max": 16}),
+                             "side": ("INT", {"default": 64, "min": 16, "max": 512, "step": 16})}}
+
+    def build(self, arch, batch, side):
+        return (arch_latent(arch, batch, side),)
+
+
+NODES = {"SDATest_TinyArch": TinyArch, "SDATest_TinyArchConditioning": TinyArchConditioning,
+         "SDATest_TinyArchVAE": TinyArchVAE, "SDATest_TinyArchLatent": TinyArchLatent}

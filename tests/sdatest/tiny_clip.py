@@ -24,8 +24,8 @@ class _Target:
     params: dict = {}
 
 
-def tiny_clip_text(seed: int = 0, width: int = 32, kind: str = "clip_l"):
-    """A ComfyUI CLIP object holding only `kind` (clip_l or clip_g) at `width`, seeded random weights."""
+def tiny_clip_text(seed: int = 0, width: int = 32, kind: str = "clip_l", dtype: torch.dtype = torch.float32):
+    """A ComfyUI CLIP object holding only `kind` (clip_l or clip_g) at `width`, seeded random weights in `dtype`."""
     import comfy.sd
     import comfy.sd1_clip
     import comfy.sdxl_clip
@@ -38,13 +38,15 @@ def tiny_clip_text(seed: int = 0, width: int = 32, kind: str = "clip_l"):
     else:
         raise ValueError(f"tiny_clip_text: kind {kind!r}, expected clip_l or clip_g")
     config = dict(TEXT_CONFIG, hidden_size=width, intermediate_size=2 * width, projection_dim=width)
-    clip = comfy.sd.CLIP(target, model_options={f"{kind}_model_config": config, "dtype": torch.float32})
+    clip = comfy.sd.CLIP(target, model_options={f"{kind}_model_config": config, "dtype": dtype})
     _init_(clip.cond_stage_model, seed, std=0.1)
+    clip.cond_stage_model.to(dtype)
     return clip
 
 
-def tiny_clip_vision(seed: int = 0, projection_dim: int = 32):
-    """ComfyUI's ClipVisionModel from its ViT-L/14 config at small widths (32 px, 2x2 patches of 16), seeded weights."""
+def tiny_clip_vision(seed: int = 0, projection_dim: int = 32, dtype: torch.dtype = torch.float32):
+    """ComfyUI's ClipVisionModel from its ViT-L/14 config at small widths (32 px, 2x2 patches of 16), seeded weights
+    stored in `dtype` (ComfyUI computes in the input's float32 either way)."""
     import comfy.clip_vision
 
     with open(os.path.join(os.path.dirname(comfy.clip_vision.__file__), "clip_vision_config_vitl.json")) as f:
@@ -56,6 +58,7 @@ def tiny_clip_vision(seed: int = 0, projection_dim: int = 32):
             json.dump(config, f)
         clip_vision = comfy.clip_vision.ClipVisionModel(path)
     _init_(clip_vision.model, seed, std=0.1)
+    clip_vision.model.to(dtype)
     return clip_vision
 
 

@@ -46,7 +46,8 @@ class TinyZImage:
 
 
 class TinyZImageVariant:
-    """A tiny Z-Image that a trainer must refuse: another model type (EPS, not flow) or other input channels."""
+    """A tiny Z-Image that a trainer must refuse: another model type (EPS, not flow), other input channels,
+    another width (`dim`, heads of 64) or NaN weights."""
 
     CATEGORY = "SDA/testing"
     RETURN_TYPES = ("MODEL",)
@@ -58,11 +59,22 @@ class TinyZImageVariant:
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "model_type": (["FLOW", "EPS"], {"default": "FLOW"}),
             "in_channels": ("INT", {"default": 16, "min": 1, "max": 64}),
+        }, "optional": {
+            "dim": ("INT", {"default": 256, "min": 256, "max": 1024, "step": 64}),
+            "nan_weights": ("BOOLEAN", {"default": False}),
+            "cap_feat_dim": ("INT", {"default": 32, "min": 8, "max": 256}),
         }}
 
-    def build(self, seed, model_type, in_channels):
+    def build(self, seed, model_type, in_channels, dim=256, nan_weights=False, cap_feat_dim=32):
         if model_type == "FLOW":
-            return (tiny_models.tiny_zimage(seed, in_channels=in_channels),)
+            model = tiny_models.tiny_zimage(seed, in_channels=in_channels, dim=dim, n_heads=dim // 64,
+                                            n_kv_heads=dim // 64, cap_feat_dim=cap_feat_dim)
+            if nan_weights:
+                with torch.no_grad():
+                    for name, p in model.model.diffusion_model.named_parameters():
+                        if name.startswith("layers.") and name.endswith(".weight"):
+                            p.fill_(float("nan"))
+            return (model,)
         import comfy.model_base
         import comfy.model_management as mm
         import comfy.model_patcher
@@ -190,10 +202,10 @@ class TinyCLIPText:
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "width": ("INT", {"default": 32, "min": 8, "max": 256}),
             "kind": (["clip_l", "clip_g"], {"default": "clip_l"}),
-        }}
+        }, "optional": {"dtype": (["fp32", "bf16"], {"default": "fp32"})}}
 
-    def build(self, seed, width, kind):
-        return (tiny_clip.tiny_clip_text(seed, width, kind),)
+    def build(self, seed, width, kind, dtype="fp32"):
+        return (tiny_clip.tiny_clip_text(seed, width, kind, torch.float32 if dtype == "fp32" else torch.bfloat16),)
 
 
 class TinyCLIPVision:
@@ -206,10 +218,10 @@ class TinyCLIPVision:
         return {"required": {
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "projection_dim": ("INT", {"default": 32, "min": 8, "max": 256}),
-        }}
+        }, "optional": {"dtype": (["fp32", "bf16"], {"default": "fp32"})}}
 
-    def build(self, seed, projection_dim):
-        return (tiny_clip.tiny_clip_vision(seed, projection_dim),)
+    def build(self, seed, projection_dim, dtype="fp32"):
+        return (tiny_clip.tiny_clip_vision(seed, projection_dim, torch.float32 if dtype == "fp32" else torch.bfloat16),)
 
 
 class RandomImages:
@@ -229,62 +241,6 @@ class RandomImages:
         return (tiny_clip.random_images(seed, count, size),)
 
 
-class TinyArch:
-    """A tiny random-weight model of another architecture (sdatest.tiny_archs): SDXL eps/v, FLUX.1-schnell, SD3.5, Qwen-Image."""
-
-    CATEGORY = "SDA/testing"
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "build"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "arch": (list(tiny_archs.ARCHS), {"default": tiny_archs.ARCHS[0]}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
-        }}
-
-    def build(self, arch, seed):
-        return (tiny_archs.tiny_arch(arch, seed),)
-
-
-class TinyArchConditioning:
-    """The CONDITIONING `arch`'s text encoder would give: context [1, T, 32] plus a pooled output where it has one."""
-
-    CATEGORY = "SDA/testing"
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "build"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "arch": (list(tiny_archs.ARCHS), {"default": tiny_archs.ARCHS[0]}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
-            "tokens": ("INT", {"default": 8, "min": 1, "max": 64}),
-        }}
-
-    def build(self, arch, seed, tokens):
-        return (tiny_archs.arch_conditioning(arch, seed, tokens),)
-
-
-class TinyArchLatent:
-    """An empty LATENT in `arch`'s own layout (Qwen-Image's is 5-D)."""
-
-    CATEGORY = "SDA/testing"
-    RETURN_TYPES = ("LATENT",)
-    FUNCTION = "build"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "arch": (list(tiny_archs.ARCHS), {"default": tiny_archs.ARCHS[0]}),
-            "batch": ("INT", {"default": 1, "min": 1, "max": 16}),
-            "side": ("INT", {"default": 64, "min": 16, "max": 512, "step": 16}),
-        }}
-
-    def build(self, arch, batch, side):
-        return (tiny_archs.arch_latent(arch, batch, side),)
-
-
 NODE_CLASS_MAPPINGS = {
     "SDATest_TinyCLIPText": TinyCLIPText,
     "SDATest_TinyCLIPVision": TinyCLIPVision,
@@ -296,7 +252,5 @@ NODE_CLASS_MAPPINGS = {
     "SDATest_TinyConditioning": TinyConditioning,
     "SDATest_Denoise": Denoise,
     "SDATest_Capture": Capture,
-    "SDATest_TinyArch": TinyArch,
-    "SDATest_TinyArchConditioning": TinyArchConditioning,
-    "SDATest_TinyArchLatent": TinyArchLatent,
+    **tiny_archs.NODES,
 }
