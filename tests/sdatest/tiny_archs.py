@@ -169,5 +169,21 @@ class TinyArchVAE:
         return (arch_vae(arch, seed),)
 
 
+class TinyArchLatent:
+    """Test node: an empty LATENT in a tiny architecture's own layout (see arch_latent; Qwen-Image's is 5-D)."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"arch": (list(ARCHS),), "batch": ("INT", {"default": 1, "min": 1, "max": 16}),
+                             "side": ("INT", {"default": 64, "min": 16, "max": 512, "step": 16})}}
+
+    def build(self, arch, batch, side):
+        return (arch_latent(arch, batch, side),)
+
+
 NODES = {"SDATest_TinyArch": TinyArch, "SDATest_TinyArchConditioning": TinyArchConditioning,
-         "SDATest_TinyArchVAE": TinyArchVAE}
+         "SDATest_TinyArchVAE": TinyArchVAE, "SDATest_TinyArchLatent": TinyArchLatent}
