@@ -49,6 +49,7 @@ from sda_core.training.batching import concat_conds  # noqa: E402
 from sda_core.training.config import SDAConfig, SDAModels  # noqa: E402
 from sda_core.training.loop import StepDraw, draw_step, make_optimizer, train_step  # noqa: E402
 from sda_core.training.trajectory import euler_step, flow_sigmas, initial_latent  # noqa: E402
+from sdatest.measure import peak_cpu_allocation  # noqa: E402
 
 TARGET_SPEEDUP = 1.3
 
@@ -172,26 +173,6 @@ def ours_step(models, config, draw, sigmas, optimizer, params):
 
 # --- measuring --------------------------------------------------------------------------------------
 
-def _peak_alloc(fn) -> int:
-    """Peak bytes allocated by torch on the CPU during fn(), above the level at its start."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    stack, events = list(prof.profiler.kineto_results.experimental_event_tree()), []
-    while stack:
-        e = stack.pop()
-        stack.extend(e.children)
-        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
-            events.append((e.start_time_ns, e.extra_fields.alloc_size))
-    cur = peak = 0
-    for _, size in sorted(events):
-        cur += size
-        peak = max(peak, cur)
-    return peak
-
-
 class Counted:
     """A denoiser that counts its calls and rows: the work batching saves is calls, not rows (FLOPs)."""
 
@@ -280,8 +261,8 @@ def main(argv=None) -> int:
             # the profiled steps cover the schedule: force k through 0..student_steps-1
             draw = draw_step(cfg, 10_000 + i, n_conds)
             draw.k = i % cfg.student_steps
-            m_ours.append(_peak_alloc(lambda: ours(draw)))
-            m_ref.append(_peak_alloc(lambda: ref(draw)))
+            m_ours.append(peak_cpu_allocation(lambda: ours(draw)))
+            m_ref.append(peak_cpu_allocation(lambda: ref(draw)))
 
     med_o, med_r = statistics.median(t_ours), statistics.median(t_ref)
     tot_o, tot_r = sum(t_ours), sum(t_ref)

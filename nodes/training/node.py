@@ -28,6 +28,7 @@ from .. import host
 from .checks import (CATEGORY, NONE, REPORT_WINDOW, RunFiles, describe_model, latent_shape, lokr_targets,
                      require_flow, require_same_family, student_shift)
 from .conds import gather_prompts, negative_conditioning, prompt_fingerprint
+from .memory import plan_run
 from .progress import EvalPlan, Evaluator, Progress, make_eval_plan, save_run_lokr
 from .session import Session
 
@@ -158,7 +159,7 @@ def _resume_checkpoint(files: RunFiles, config: SDAConfig, details: dict, notes:
 
 
 def build_report(files: RunFiles, config: SDAConfig, outcome: Outcome, prompt_note: str, negative_note: str,
-                 assistant: str) -> str:
+                 assistant: str, plan_lines: list[str] = ()) -> str:
     result = outcome.result
     if result.interrupted:
         status = f"interrupted at step {result.steps} of {config.steps}; continue with resume on"
@@ -193,6 +194,7 @@ def build_report(files: RunFiles, config: SDAConfig, outcome: Outcome, prompt_no
         lines.append(f"best by diversity: {outcome.best[0]} (step {outcome.best[1]['step']}, avg LPIPS "
                      f"{outcome.best[1]['avg_lpips']:.4f})")
     lines.append(f"checkpoint: {files.checkpoint}")
+    lines += plan_lines
     return "\n".join(lines)
 
 
@@ -290,6 +292,8 @@ class SDATrainLoKr(io.ComfyNode):
                    "assistant_adapter": assistant_adapter if use_assistant else None,
                    "include_refiners": include_refiners, "trainer": "comfyui-sda SDATrainLoKr"}
         eval_plan = make_eval_plan(vae, eval_every, eval_seeds, seed, width, height, positive, negative)
+        _, plan_lines = plan_run(student, teacher, config, targets, positive, use_assistant, gradient_checkpointing,
+                                 width, height)  # refuses, before anything loads, a run that does not fit
         outcome = run_training(student, teacher, config, files, targets=targets, positive=positive, negative=negative,
                                assistant=assistant, gradient_checkpointing=gradient_checkpointing, resume=resume,
                                details=details, eval_plan=eval_plan, node_id=cls.hidden.unique_id)
@@ -298,7 +302,7 @@ class SDATrainLoKr(io.ComfyNode):
         image = draw_loss_curves(outcome.result.history, outcome.evals,
                                  title=f"SDA LoKr '{files.save_name}': step {outcome.result.steps}")
         report = build_report(files, config, outcome, prompt_note, negative_note,
-                              assistant_adapter if use_assistant else "none")
+                              assistant_adapter if use_assistant else "none", plan_lines)
         return io.NodeOutput(model, outcome.lokr_path, image, ui=host.image_and_text_ui(image, report, cls))
 
 
