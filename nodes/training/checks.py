@@ -9,13 +9,11 @@ from typing import Any
 import torch
 
 import comfy.model_base
-import comfy.patcher_extension
-import comfy.sampler_helpers
 import comfy.samplers
-import comfy.utils
 import folder_paths
 
 from ...sda_core.adapters import Target, module_targets
+from ...sda_core.paths import check_new_file_name
 from ...sda_core.training import flow_sigmas
 from ...sda_core.training.lokr_file import resolve_inside
 from .. import host
@@ -23,6 +21,8 @@ from .. import host
 CATEGORY = "SDA"
 NONE = "None"
 CHECKPOINT_FOLDER = "sda_checkpoints"
+# the longest ending a run adds to save_name in models/loras: the diverged LoKr, numbered if the name is taken
+LONGEST_LORA_ENDING = "_diverged_9999.safetensors"
 REPORT_WINDOW = 20  # steps averaged for the report's first/last loss
 EVAL_SAMPLER = ("euler", "simple")  # the schedule the loss trains on (simple scheduler, the student's shift)
 # diffusers-style Z-Image module names the LoKr trains (ComfyUI maps to_q/k/v onto rows of attention.qkv)
@@ -53,10 +53,27 @@ def _architecture(model) -> dict[str, Any]:
     }
 
 
+def _input_weights(model) -> dict[str, tuple[int, ...]]:
+    """Shape of the first weight that reads the text features student and teacher share, from the weights themselves
+    (a model config can be incomplete). A wider teacher, or one patching the latent differently, is fine."""
+    shapes = {}
+    for label, attr in (("text feature input", "cap_embedder"),):
+        module = getattr(model.model.diffusion_model, attr, None)
+        weight = next((m.weight for m in (module.modules() if module is not None else [])
+                       if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2), None)
+        if weight is not None:
+            shapes[f"{label} ({attr})"] = tuple(weight.shape)
+    return shapes
+
+
 def require_same_family(student, teacher) -> None:
     """The teacher must read the student's latents and conditioning (e.g. Z-Image base for Z-Image-Turbo)."""
     s, t = _architecture(student), _architecture(teacher)
     diff = [f"{k} {s[k]} (student) vs {t[k]} (teacher)" for k in s if s[k] != t[k]]
+    ws, wt = _input_weights(student), _input_weights(teacher)
+    diff += [f"{k}: the student's weight is {list(ws[k])} (width {ws[k][0]}), the teacher's {list(wt[k])} (width "
+             f"{wt[k][0]}): both must read the same {ws[k][1]}-wide conditioning" for k in ws
+             if k in wt and ws[k][1] != wt[k][1]]
     if diff:
         raise ValueError("student and teacher do not match: " + "; ".join(diff) + ". The teacher must be the "
                          "many-step model of the student's family, sharing its latent space and text encoder")
@@ -122,6 +139,8 @@ class RunFiles:
         loras_root = folder_paths.get_folder_paths("loras")[0]
         ckpt_root = os.path.join(folder_paths.get_output_directory(), CHECKPOINT_FOLDER)
         try:
+            check_new_file_name(loras_root, name, LONGEST_LORA_ENDING)  # now, not at save time after the run
+            check_new_file_name(ckpt_root, name, ".ckpt.safetensors")
             resolve_inside(loras_root, name + ".safetensors")
             checkpoint = resolve_inside(ckpt_root, name + ".ckpt.safetensors")
             best = resolve_inside(ckpt_root, name + ".best.safetensors")

@@ -5,11 +5,8 @@ import hashlib
 
 import torch
 
-import comfy.model_base
-import comfy.patcher_extension
 import comfy.sampler_helpers
 import comfy.samplers
-import comfy.utils
 
 from ...sda_core.training.batching import Unbatchable
 

@@ -22,7 +22,8 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ...sda_core.training import Checkpoint, LoKrSet, SDAConfig, TrainingDiverged, TrainResult, load_checkpoint, train
+from ...sda_core.training import (Checkpoint, LoKrSet, SDAConfig, TeacherNotFinite, TrainingDiverged, TrainResult,
+                                  flow_sigmas, load_checkpoint, train)
 from ...sda_core.training.plot import draw_loss_curves, summarize
 from .. import host
 from .checks import (CATEGORY, NONE, REPORT_WINDOW, RunFiles, describe_model, latent_shape, lokr_targets,
@@ -83,8 +84,9 @@ def _start_evaluator(session: Session, plan: EvalPlan | None, config: SDAConfig,
     evaluator = Evaluator(session, plan, config.student_steps, files.best_factors)
     if checkpoint is not None:
         notes += filter(None, [evaluator.restore(checkpoint.extra)])
-    if not evaluator.history:
-        evaluator(checkpoint.step if checkpoint is not None else 0)
+    step = checkpoint.step if checkpoint is not None else 0
+    if not evaluator.history or (step % plan.every == 0 and evaluator.history[-1]["step"] != step):
+        evaluator(step)  # the first eval, or the one a Cancel cut short before the checkpoint
     return evaluator
 
 
@@ -100,19 +102,37 @@ def _train(session: Session, config: SDAConfig, files: RunFiles, checkpoint: Che
             evaluator(step)
 
     def should_stop() -> bool:
-        return progress.interrupted or (evaluator is not None and evaluator.interrupted) or mm.processing_interrupted()
+        return progress.interrupted or (evaluator is not None and evaluator.interrupted) or _take_cancel()
 
     def extra() -> dict:
         return {**details, **(evaluator.state() if evaluator else {})}
 
     os.makedirs(os.path.dirname(files.checkpoint), exist_ok=True)
     try:
-        return train(session.models, config, on_step=on_step, should_stop=should_stop, resume=checkpoint,
-                     checkpoint_path=files.checkpoint, checkpoint_extra=extra)
+        result = train(session.models, config, on_step=on_step, should_stop=should_stop, resume=checkpoint,
+                       checkpoint_path=files.checkpoint, checkpoint_extra=extra,
+                       interrupts=(mm.InterruptProcessingException,))
+    except TeacherNotFinite as exc:
+        raise RuntimeError(f"teacher: {details['teacher']}: {exc} No LoKr was saved. Check the teacher model file "
+                           "(load it alone and sample) or load it in a wider dtype (fp32/bf16 instead of fp16).") from None
     except TrainingDiverged as exc:
         path, _ = save_run_lokr(files, session.lokr, files.save_name + "_diverged", config, exc.last_good_step,
                                 {**details, "diverged": True})
         raise RuntimeError(f"{exc} That LoKr was saved as {path}.") from None
+    if evaluator is not None and evaluator.interrupted:
+        result.stopped = f"during the eval render after step {result.steps}"
+    elif progress.interrupted:
+        result.stopped = f"at the progress update after step {result.steps}"
+    return result
+
+
+def _take_cancel() -> bool:
+    """ComfyUI's Cancel flag, consumed: the node stops, saves and returns normally, so the executor must not
+    interrupt it again (ComfyUI's own `throw_exception_if_processing_interrupted` clears it the same way)."""
+    if not mm.processing_interrupted():
+        return False
+    mm.interrupt_current_processing(False)
+    return True
 
 
 def _save(session: Session, config: SDAConfig, files: RunFiles, result: TrainResult, evaluator: Evaluator | None,
@@ -147,7 +167,8 @@ def _resume_checkpoint(files: RunFiles, config: SDAConfig, details: dict, notes:
     try:
         checkpoint = load_checkpoint(files.checkpoint)
     except ValueError as exc:
-        raise ValueError(f"resume: {exc}") from None
+        raise ValueError(f"resume: {exc}. Delete or move that file to start over under this save_name, or turn "
+                         "resume off (a new run replaces it), or choose another save_name") from None
     changed = [f"{k} {checkpoint.config.get(k)!r} -> {v!r}" for k, v in config.to_dict().items()
                if k != "steps" and checkpoint.config.get(k) != v]
     notes.append(f"resumed from step {checkpoint.step} ({files.checkpoint})")
@@ -162,7 +183,8 @@ def build_report(files: RunFiles, config: SDAConfig, outcome: Outcome, prompt_no
                  assistant: str, plan_lines: list[str] = ()) -> str:
     result = outcome.result
     if result.interrupted:
-        status = f"interrupted at step {result.steps} of {config.steps}; continue with resume on"
+        status = (f"interrupted at step {result.steps} of {config.steps} ({result.stopped}); the LoKr and checkpoint "
+                  f"hold step {result.steps}; continue with resume on")
     else:
         status = f"{result.steps} of {config.steps} steps done"
     rank = "full w2" if config.rank is None else f"rank {config.rank}"
@@ -173,9 +195,14 @@ def build_report(files: RunFiles, config: SDAConfig, outcome: Outcome, prompt_no
         f"LoKr: {outcome.lokr_modules} modules, factor {config.factor}, {rank}, {outcome.lokr_params} parameters",
         f"settings: {config.student_steps}-step schedule (shift {config.shift:g}), latent {list(config.latent_shape)}, "
         f"lr {config.lr:g}, lambda_div {config.lambda_div:g}, huber_delta {config.huber_delta:g}, pool_kernel "
-        f"{config.pool_kernel}, div_skip {config.div_skip}, seed {config.seed}"
+        f"{config.pool_kernel}, div_skip {config.div_skip}, grad_clip "
+        f"{config.grad_clip:g}" + (" (off)" if config.grad_clip <= 0 else "") + f", seed {config.seed}"
         + (", gradient checkpointing" if outcome.gradient_checkpointing else ""),
+        diversity_span(config),
     ]
+    if assistant != "none":
+        lines.append("rollout to x_t with the assistant adapter " + ("ON (rollout_with_assistant)"
+                     if config.rollout_with_assistant else "off (the trajectory users sample)"))
     summary = summarize(result.history, window=REPORT_WINDOW)
     for key in ("total", "anchor", "diversity"):
         if key in summary:
@@ -198,6 +225,18 @@ def build_report(files: RunFiles, config: SDAConfig, outcome: Outcome, prompt_no
     return "\n".join(lines)
 
 
+def diversity_span(config: SDAConfig) -> str:
+    """Where on the student's schedule the diversity term works, in σ: div_skip is an index, σ is what it means."""
+    sigmas = flow_sigmas(config.student_steps, config.shift).tolist()
+    n, k = config.student_steps, config.div_skip
+    if k == 0:
+        return "diversity term: off (div_skip 0): anchor only"
+    if k >= n:
+        return f"diversity term: on every step of the {n}-step schedule, σ {sigmas[0]:.3f} down to {sigmas[n - 1]:.3f}"
+    return (f"diversity term: schedule steps 0-{k - 1} (σ {sigmas[0]:.3f} down to {sigmas[k - 1]:.3f}); it stops at "
+            f"σ {sigmas[k]:.3f} (step {k} of {n}, shift {config.shift:g}), where steps are pure anchor")
+
+
 def _int(id: str, default: int, lo: int, hi: int, tooltip: str, optional: bool = False) -> io.Int.Input:
     return io.Int.Input(id, default=default, min=lo, max=hi, tooltip=tooltip, optional=optional)
 
@@ -214,54 +253,93 @@ class SDATrainLoKr(io.ComfyNode):
                          "Saves to models/loras; stop it any time and continue with resume."),
             is_output_node=True,
             inputs=[
-                io.Model.Input("student", tooltip="The few-step model to train (e.g. Z-Image-Turbo; LoRAs may be applied)."),
-                io.Model.Input("teacher", tooltip="The many-step model whose seed-to-seed changes the student should follow."),
+                io.Model.Input("student", tooltip="The few-step model to train (e.g. Z-Image-Turbo; LoRAs may be "
+                               "applied). It comes out untouched; the trained LoKr is applied on the MODEL output."),
+                io.Model.Input("teacher", tooltip="The many-step model of the same family (same latents and text "
+                               "encoder) whose seed-to-seed changes the student should follow. Never trained."),
                 io.String.Input("prompts", multiline=True, default="",
-                                tooltip="One prompt per line, encoded with clip. Ignored when conditioning is connected."),
+                                tooltip="One prompt per line, encoded with clip; each step draws one per batch row. "
+                                        "Ignored when conditioning is connected."),
                 io.Clip.Input("clip", optional=True, tooltip="Encodes prompts (and negative_prompt)."),
                 io.Conditioning.Input("conditioning", optional=True,
                                       tooltip="Instead of prompts + clip: every entry of the CONDITIONING is one prompt."),
                 io.String.Input("negative_prompt", multiline=True, default="", optional=True,
-                                tooltip="The teacher's negative, used when teacher_cfg > 1."),
+                                tooltip="The teacher's negative, used only when teacher_cfg > 1 (empty: a zeroed "
+                                        "prompt)."),
                 io.Float.Input("teacher_cfg", default=1.0, min=1.0, max=30.0, step=0.1, optional=True,
-                               tooltip="1: the teacher's conditional prediction; > 1: cfg with the negative."),
+                               tooltip="Guidance scale of the teacher's targets. 1 (default): its conditional "
+                                       "prediction, one forward; > 1: cfg with the negative, twice the teacher cost."),
                 io.Combo.Input("assistant_adapter", options=[NONE] + host.lora_names(), default=NONE, optional=True,
-                               tooltip="A de-distill training adapter: on for the anchor, off for the diversity forward."),
-                _int("width", 512, 64, 4096, "Training resolution in pixels (latent = width/8)."),
-                _int("height", 512, 64, 4096, "Training resolution in pixels (latent = height/8)."),
-                _int("steps", 500, 1, 1_000_000, "Total training steps (a resumed run counts the earlier ones)."),
-                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1e-1, step=1e-6, round=1e-7),
+                               tooltip="A de-distill training adapter in models/loras: on for the anchor, off for the "
+                                       "diversity forward (and the rollout, see rollout_with_assistant). None: no "
+                                       "adapter."),
+                _int("width", 512, 64, 4096, "Training resolution in pixels (latent = width/8); a multiple of 8 × "
+                     "pool_kernel. 512: the card's size, and affordable."),
+                _int("height", 512, 64, 4096, "Training resolution in pixels (latent = height/8); a multiple of 8 × "
+                     "pool_kernel."),
+                _int("steps", 500, 1, 1_000_000, "Total optimiser steps (a resumed run counts the earlier ones). "
+                     "The card's release came from step 2500; 500 shows the trend."),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1e-1, step=1e-6, round=1e-7,
+                               tooltip="AdamW learning rate of the LoKr factors (weight decay 0.001). 1e-4: the "
+                                       "card's; higher diverges sooner."),
                 io.Float.Input("lambda_div", default=1.0, min=0.0, max=100.0, step=0.05,
-                               tooltip="Weight of the diversity (direction) term against the anchor."),
+                               tooltip="Weight of the diversity (direction) term against the anchor (weight 1). "
+                                       "0: anchor only (nothing moves); 1: the card's balance."),
                 io.Float.Input("huber_delta", default=0.08, min=1e-4, max=10.0, step=0.01,
-                               tooltip="Huber delta of the anchor to the frozen student."),
-                _int("pool_kernel", 8, 1, 64, "Low-pass kernel on the latent deltas: only macro-composition counts."),
-                _int("div_skip", 7, 0, 100, "The diversity term is used on schedule steps 0..div_skip-1; later steps "
-                     "are pure anchor."),
-                _int("student_steps", 8, 1, 100, "The student's sampling steps (the schedule training follows)."),
-                _int("lokr_factor", 8, 1, 64, "LoKr factor (the card: 8)."),
-                _int("lokr_rank", 0, 0, 4096, "0: full-rank lokr_w2 (the card's setting); else a rank-r w2."),
+                               tooltip="Huber delta of the anchor to the frozen student, in velocity units: "
+                                       "quadratic below, linear above. 0.08: the card's."),
+                _int("pool_kernel", 8, 1, 64, "Average-pool kernel (latent cells) on the seed-to-seed deltas: only "
+                     "macro-composition counts, not texture. 8: the card's."),
+                _int("div_skip", 7, 0, 100, "The diversity term runs on schedule steps 0..div_skip-1, later steps "
+                     "are pure anchor (0: never; = student_steps: always). 7 of 8 stops it at σ 0.30 (shift 3), "
+                     "where only fine detail is left; the report gives the σ for your settings."),
+                _int("student_steps", 8, 1, 100, "The student's sampling steps: training follows its schedule "
+                     "(ComfyUI's simple scheduler at the student's shift). 8: Z-Image-Turbo's."),
+                _int("lokr_factor", 8, 1, 64, "LoKr Kronecker factor: the small w1 is about factor × factor. "
+                     "8: the card's."),
+                _int("lokr_rank", 0, 0, 4096, "0: full lokr_w2 (the card's setting); r > 0: w2 = w2_a @ w2_b of "
+                     "rank r, a smaller file that learns less."),
                 io.Boolean.Input("include_refiners", default=False,
-                                 tooltip="Also train the noise/context refiner blocks."),
+                                 tooltip="Also train the noise/context refiner blocks. Off: the main transformer "
+                                         "layers only, as the card."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
-                                 tooltip="Recompute block activations in backward: less memory, slower."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False),
+                                 tooltip="Recompute block activations in backward: less memory, about a third "
+                                         "slower; the same result."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="Seeds the LoKr's init and every step's prompt, noises and schedule step: the "
+                                     "same seed and settings train the same LoKr."),
                 io.String.Input("save_name", default="sda_lokr",
-                                tooltip="File name in models/loras (a suffix is added if it exists)."),
+                                tooltip="File name in models/loras (checked before training: characters every "
+                                        "platform accepts, and its length); '_1', '_2' … is added if it exists. "
+                                        "The checkpoint goes to output/sda_checkpoints under the same name."),
                 _int("checkpoint_every", 100, 0, 1_000_000, "Steps between checkpoints (0: only at the end or on "
-                     "interrupt)."),
+                     "Cancel, which always saves the LoKr and checkpoint of the last complete step)."),
                 io.Boolean.Input("resume", default=False,
-                                 tooltip="Continue from save_name's checkpoint (in output/sda_checkpoints); off: a new "
-                                         "run whose checkpoint replaces it."),
+                                 tooltip="Continue from save_name's checkpoint (in output/sda_checkpoints) on the "
+                                         "same loss curve; off: a new run whose checkpoint replaces it."),
                 io.Vae.Input("vae", optional=True, tooltip="With eval_every: decode eval renders for LPIPS."),
                 _int("eval_every", 0, 0, 1_000_000, "Every N steps render fixed seeds and score their avg LPIPS "
                      "(needs vae; 0: off). Keeps <save_name>_best too.", optional=True),
-                _int("eval_seeds", 4, 2, 64, "Seeds rendered per eval.", optional=True),
+                _int("eval_seeds", 4, 2, 64, "Seeds rendered per eval (more: a steadier score, slower).",
+                     optional=True),
+                io.Float.Input("grad_clip", default=1.0, min=0.0, max=100.0, step=0.1, optional=True,
+                               tooltip="Largest global gradient norm of the LoKr factors per step; a larger one is "
+                                       "scaled down to it (0: off). 1.0: the usual default of diffusion fine-tuning; "
+                                       "it keeps one extreme draw (two nearly equal noises) from throwing the factors "
+                                       "off and leaves ordinary steps alone."),
+                io.Boolean.Input("rollout_with_assistant", default=False, optional=True,
+                                 tooltip="Off (default): x_t is rolled out without the assistant adapter, on the "
+                                         "trajectory users sample (they never load the assistant). On: with it, as "
+                                         "the anchor sees the model."),
             ],
             outputs=[
-                io.Model.Output("model", display_name="MODEL"),
-                io.String.Output("lokr_path", display_name="lokr_path"),
-                io.Image.Output("loss_curves", display_name="loss_curves"),
+                io.Model.Output("model", display_name="MODEL",
+                                tooltip="The student with the trained LoKr applied at strength 1, as loading the "
+                                        "saved file gives."),
+                io.String.Output("lokr_path", display_name="lokr_path",
+                                 tooltip="Full path of the LoKr file written in models/loras."),
+                io.Image.Output("loss_curves", display_name="loss_curves",
+                                tooltip="The loss curves (total, anchor, diversity; eval LPIPS when on) as an image."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -272,7 +350,8 @@ class SDATrainLoKr(io.ComfyNode):
                 lokr_factor: int, lokr_rank: int, include_refiners: bool, gradient_checkpointing: bool, seed: int,
                 save_name: str, checkpoint_every: int, resume: bool, clip=None, conditioning=None,
                 negative_prompt: str = "", teacher_cfg: float = 1.0, assistant_adapter: str = NONE, vae=None,
-                eval_every: int = 0, eval_seeds: int = 4) -> io.NodeOutput:
+                eval_every: int = 0, eval_seeds: int = 4, grad_clip: float = 1.0,
+                rollout_with_assistant: bool = False) -> io.NodeOutput:
         require_flow(student, "student")
         require_flow(teacher, "teacher")
         require_same_family(student, teacher)
@@ -281,7 +360,8 @@ class SDATrainLoKr(io.ComfyNode):
             steps=steps, lr=learning_rate, lambda_div=lambda_div, huber_delta=huber_delta, pool_kernel=pool_kernel,
             div_skip=div_skip, student_steps=student_steps, shift=student_shift(student, student_steps),
             factor=lokr_factor, rank=lokr_rank or None, teacher_cfg=teacher_cfg, seed=seed,
-            checkpoint_every=checkpoint_every, latent_shape=latent_shape(student, width, height, pool_kernel))
+            checkpoint_every=checkpoint_every, latent_shape=latent_shape(student, width, height, pool_kernel),
+            grad_clip=grad_clip, rollout_with_assistant=rollout_with_assistant)
         targets = lokr_targets(student, include_refiners)
         positive, prompt_note = gather_prompts(prompts, clip, conditioning)
         negative, negative_note = negative_conditioning(teacher_cfg, clip, negative_prompt, positive)

@@ -12,11 +12,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-import comfy.model_base
 import comfy.model_management as mm
-import comfy.patcher_extension
-import comfy.sampler_helpers
-import comfy.samplers
 import comfy.utils
 
 from ...sda_core.diversity.scores import score_batch

@@ -15,7 +15,7 @@ from .config import X0_PROJECTION, SDAConfig, SDAModels
 from .evaluate import alignment
 from .lokr import LoKrSet, SlicedLoKr, TrainableLoKr
 from .lokr_file import lycoris_state_dict, save_lokr, training_metadata
-from .loop import TrainingDiverged, TrainResult, train
+from .loop import TeacherNotFinite, TrainingDiverged, TrainResult, train
 from .trajectory import flow_sigmas, rollout
 from .step import LossTerms, sda_loss
 
@@ -25,7 +25,7 @@ __all__ = [
     "alignment",
     "LoKrSet", "SlicedLoKr", "TrainableLoKr",
     "lycoris_state_dict", "save_lokr", "training_metadata",
-    "TrainingDiverged", "TrainResult", "train",
+    "TeacherNotFinite", "TrainingDiverged", "TrainResult", "train",
     "flow_sigmas", "rollout",
     "LossTerms", "sda_loss",
 ]

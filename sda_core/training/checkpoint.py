@@ -121,7 +121,18 @@ def save_checkpoint(path: str, ckpt: Checkpoint) -> str:
 
 
 def load_checkpoint(path: str) -> Checkpoint:
-    """Read a checkpoint written by `save_checkpoint` (safetensors + JSON only)."""
+    """Read a checkpoint written by `save_checkpoint` (safetensors + JSON only); ValueError naming the file when
+    it is not one (truncated, garbage, another kind of safetensors file)."""
+    try:
+        return _read_checkpoint(path)
+    except ValueError:
+        raise
+    except Exception as exc:  # safetensors' SafetensorError, a JSON or key error in the metadata, an OSError
+        raise ValueError(f"{path} is not a readable SDA training checkpoint ({type(exc).__name__}: {exc}); it is "
+                         "damaged or was not written by SDA Train LoKr") from None
+
+
+def _read_checkpoint(path: str) -> Checkpoint:
     with safe_open(path, framework="pt", device="cpu") as f:
         meta = f.metadata() or {}
         if meta.get("sda_checkpoint_version") != CHECKPOINT_VERSION:

@@ -37,7 +37,8 @@ class SDAConfig:
     factor: int = 8
     rank: int | None = None  # None: full w2 (the card's "full rank")
     weight_decay: float = 0.001
-    grad_clip: float = 1.0  # <= 0 disables clipping (the norm is still checked for finiteness)
+    grad_clip: float = 1.0  # max global grad norm of the factors; <= 0: off (the norm is still checked for finiteness)
+    rollout_with_assistant: bool = False  # x_t rolled out with the assistant adapter OFF: the trajectory users sample
     teacher_cfg: float = 1.0
     batch: int = 1  # prompts per step
     seed: int = 0
@@ -79,14 +80,6 @@ class SDAConfig:
         d["latent_shape"] = list(self.latent_shape)
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SDAConfig":
-        """Inverse of `to_dict`; unknown keys (from a newer version) are refused, not ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"SDAConfig: unknown fields {sorted(unknown)}")
-        return cls(**d)
 
 
 @dataclass

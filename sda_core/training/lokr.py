@@ -16,6 +16,8 @@ from lycoris.functional.general import factorization
 from lycoris.functional.lokr import kron_weight
 from torch import nn
 
+from ..adapters.algorithms import BACKEND  # one LyCORIS kernel everywhere: what the CPU tests ran
+
 __all__ = ["TrainableLoKr", "LoKrSet", "SlicedLoKr", "lokr_shapes"]
 
 
@@ -67,7 +69,7 @@ class TrainableLoKr(nn.Module):
     def delta(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """ΔW (out_dim, in_dim) through LyCORIS's kron_weight; differentiable w.r.t. the factors."""
         scale = 1.0 if self.alpha is None else self.alpha / self.rank
-        d = kron_weight(self.w1, None, None, self.w2, self.w2_a, self.w2_b, None, scale=scale)
+        d = kron_weight(self.w1, None, None, self.w2, self.w2_a, self.w2_b, None, scale=scale, backend=BACKEND)
         return d if dtype is None else d.to(dtype)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:

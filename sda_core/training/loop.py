@@ -4,10 +4,13 @@ All randomness of step s comes from a generator seeded from (config.seed, s): wh
 noise seeds, the schedule index k. A run stopped after any step and resumed from its checkpoint
 therefore continues the identical loss curve. Non-finite steps are skipped (no optimiser step) and
 counted; `max_bad_steps` of them in a row restore the last good weights and raise `TrainingDiverged`.
+A stop (the caller's `should_stop`, or one of its `interrupts` raised anywhere inside a step: a forward,
+a backward) drops the unfinished step whole and checkpoints the state after the last complete one.
 Callers own grad mode: call from outside `torch.inference_mode()`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -22,7 +25,7 @@ from .loss import uses_diversity
 from .trajectory import flow_sigmas, rollout
 from .step import LossTerms, sda_loss
 
-__all__ = ["train", "train_step", "make_optimizer", "TrainResult", "TrainingDiverged", "StepDraw", "draw_step", "step_seed"]
+__all__ = ["train", "train_step", "make_optimizer", "TrainResult", "TrainingDiverged", "TeacherNotFinite", "LastGood", "StepDraw", "draw_step", "step_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,10 @@ def train_step(
     z1, z2 = draw.z1.to(models.device), draw.z2.to(models.device)
     optimizer.zero_grad(set_to_none=True)
     zs = [z1, z2] if uses_diversity(draw.k, config.div_skip) else [z1]  # a pure-anchor step never reads z2
-    x_t1, *x_t2 = rollout(models.student, zs, sigmas, draw.k, conds, models.batch_conds)
+    # x_t on the trajectory users sample: the student (LoKr on) without the training-only assistant adapter
+    assistant_off = models.assistant is not None and not config.rollout_with_assistant
+    with models.assistant() if assistant_off else contextlib.nullcontext():
+        x_t1, *x_t2 = rollout(models.student, zs, sigmas, draw.k, conds, models.batch_conds)
     x_t2 = x_t2[0] if x_t2 else None
     terms = sda_loss(models, config, x_t1, x_t2, float(sigmas[draw.k]), draw.k, conds, backward=True)
     if not torch.isfinite(terms.total):
@@ -93,12 +99,53 @@ def train_step(
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite steps; the LoKr holds the weights of the last good step."""
+    """Too many non-finite steps with no good full step between them; the LoKr holds the last good step's weights."""
 
     def __init__(self, message: str, step: int, last_good_step: int) -> None:
         super().__init__(message)
         self.step = step
         self.last_good_step = last_good_step
+
+
+class TeacherNotFinite(TrainingDiverged):
+    """The teacher's predictions were non-finite on `max_bad_steps` steps in a row that used it: a broken teacher,
+    not a training problem; nothing trained is worth saving."""
+
+
+class LastGood:
+    """The LoKr factors after the last good step, to undo an update found to overflow the weights; AdamW's state
+    (moments, step count) is rolled back with them, so the next step does not count an update that never happened.
+
+    The moments are rolled back by inverting AdamW's update of them from that step's gradients (still in .grad),
+    exact to rounding: a second copy of both moments would cost two more LoKr sizes of device memory every step
+    for an event that is rare.
+    """
+
+    def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+        self.params, self.optimizer = params, optimizer
+        self.weights = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def take(self) -> None:
+        torch._foreach_copy_(self.weights, [p.detach() for p in self.params])
+
+    @torch.no_grad()
+    def put_back(self) -> None:
+        """Weights of the last good step; AdamW's state as before the update just made (call before zero_grad)."""
+        torch._foreach_copy_([p.detach() for p in self.params], self.weights)
+        for group in self.optimizer.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                state = self.optimizer.state.get(p)
+                if not state or p.grad is None:
+                    continue  # AdamW did not update this one
+                if float(state["step"]) <= 1:
+                    del self.optimizer.state[p]  # its first update: AdamW starts afresh next time
+                    continue
+                g = p.grad
+                state["exp_avg"].sub_(g, alpha=1 - beta1).div_(beta1)
+                state["exp_avg_sq"].addcmul_(g, g, value=-(1 - beta2)).div_(beta2).clamp_(min=0)
+                state["step"] -= 1
 
 
 @dataclass
@@ -112,6 +159,7 @@ class TrainResult:
     checkpoint_path: str | None = None
     elapsed_s: float = 0.0
     resumed_from: int | None = None
+    stopped: str | None = None  # where an interrupted run stopped, e.g. "during step 6 (not applied)"
 
 
 def _finite(x: torch.Tensor | float | None) -> float | None:
@@ -130,6 +178,7 @@ def train(
     resume: Checkpoint | None = None,
     checkpoint_path: str | None = None,
     checkpoint_extra: Callable[[], dict] | None = None,
+    interrupts: tuple[type[BaseException], ...] = (),
 ) -> TrainResult:
     """Train `models.lokr` with the SDA loss for `config.steps` steps (counting those of `resume`).
 
@@ -138,6 +187,10 @@ def train(
     true, a checkpoint is written (if `checkpoint_path`) and the result has interrupted=True.
     Checkpoints also go to `checkpoint_path` every `config.checkpoint_every` steps and at the end;
     checkpoint_extra() supplies the JSON `extra` each one carries (the caller's own resumable state).
+    interrupts: exception types that mean "stop now" (ComfyUI's Cancel raises one inside model forwards).
+    Raised inside a step, the step is dropped: no optimiser step happened, its gradients are cleared and
+    the CPU RNG is put back, so the checkpoint is the state after the last complete step. Raised by
+    on_step, the step is complete and kept. Either way the result has interrupted=True and `stopped` says where.
     """
     config.validate()
     models.validate(config)
@@ -157,9 +210,9 @@ def train(
         history = [dict(h) for h in resume.history]
         start = resume.step
         torch.set_rng_state(resume.rng_state)
-    last_good = [p.detach().clone() for p in params]
+    last_good = LastGood(params, optimizer)
     last_good_step = start
-    bad_streak = bad_total = 0
+    bad_streak = bad_total = teacher_streak = 0
     written: str | None = None
 
     def checkpoint(step: int) -> None:
@@ -169,58 +222,76 @@ def train(
             ckpt = Checkpoint.capture(step, history, config.to_dict(), lokr, optimizer, extra=extra)
             written = save_checkpoint(checkpoint_path, ckpt)
 
-    def result(step: int, interrupted: bool) -> TrainResult:
+    def result(step: int, stopped: str | None = None) -> TrainResult:
         return TrainResult(
-            steps=step, history=history, interrupted=interrupted, bad_steps=bad_total,
+            steps=step, history=history, interrupted=stopped is not None, bad_steps=bad_total,
             checkpoint_path=written, elapsed_s=time.perf_counter() - t0,
-            resumed_from=None if resume is None else resume.step,
+            resumed_from=None if resume is None else resume.step, stopped=stopped,
         )
+
+    def stop(step: int, where: str) -> TrainResult:
+        optimizer.zero_grad(set_to_none=True)
+        checkpoint(step)
+        return result(step, where)
 
     for step in range(start, config.steps):
         if should_stop is not None and should_stop():
-            checkpoint(step)
-            return result(step, True)
+            return stop(step, f"before step {step + 1}")
         draw = draw_step(config, step, len(models.conds))
-        terms, ok = train_step(models, config, draw, sigmas, optimizer, params)
+        rng_before = torch.get_rng_state()
+        try:
+            terms, ok = train_step(models, config, draw, sigmas, optimizer, params)
+        except interrupts:
+            torch.set_rng_state(rng_before)  # the dropped step never happened
+            return stop(step, f"during step {step + 1} (not applied; resume redoes it)")
         if ok and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):  # one sync
-            ok = False  # a finite step that overflowed the weights: undo it
-            with torch.no_grad():
-                for p, good in zip(params, last_good):
-                    p.copy_(good)
+            ok = False  # a finite step that overflowed the weights: undo it, AdamW's moments and count too
+            last_good.put_back()
         entry = {
             "total": _finite(terms.total), "anchor": _finite(terms.anchor),
             "diversity": _finite(terms.diversity), "k": terms.k, "sigma": terms.sigma, "skipped": not ok,
         }
         history.append(entry)
+        if terms.teacher_finite is not None:  # pure-anchor steps do not run the teacher: they leave the count
+            teacher_streak = 0 if terms.teacher_finite else teacher_streak + 1
+        if teacher_streak >= config.max_bad_steps:
+            optimizer.zero_grad(set_to_none=True)
+            raise TeacherNotFinite(
+                f"the teacher's predictions were non-finite (NaN or inf) on {teacher_streak} steps in a row that use "
+                f"it (up to step {step + 1}): the teacher is broken (NaN weights, or a dtype that overflows), so the "
+                "diversity targets are garbage and nothing was trained toward them.",
+                step=step + 1, last_good_step=last_good_step)
         if ok:
-            bad_streak = 0
             last_good_step = step + 1
-            with torch.no_grad():
-                for p, good in zip(params, last_good):
-                    good.copy_(p)
+            last_good.take()
+            if uses_diversity(terms.k, config.div_skip) or config.div_skip == 0:
+                bad_streak = 0  # a pure-anchor step that succeeds says nothing about the failing diversity steps
         else:
             bad_streak += 1
             bad_total += 1
-            log.warning("SDA step %d: non-finite loss, gradient or update; step skipped (%d in a row)",
-                        step + 1, bad_streak)
+            log.warning("SDA step %d: non-finite loss, gradient or update; step skipped (%d since the last good "
+                        "full step)", step + 1, bad_streak)
             if bad_streak >= config.max_bad_steps:
                 # skipped steps never touched the weights and a non-finite update was undone above:
                 # the LoKr already holds the weights of the last good step.
                 optimizer.zero_grad(set_to_none=True)
                 raise TrainingDiverged(
-                    f"SDA training diverged: {bad_streak} consecutive steps with a non-finite loss, gradient or update "
-                    f"(steps {step + 2 - bad_streak}-{step + 1}). The LoKr weights were restored to step "
-                    f"{last_good_step}, the last good one. Lower lr (now {config.lr:g}) or check the models "
+                    f"SDA training diverged: {bad_streak} steps with a non-finite loss, gradient or update and no good "
+                    f"step using every term between them (the last at step {step + 1}). The LoKr weights are those "
+                    f"of step {last_good_step}, the last good one. Lower lr (now {config.lr:g}) or check the models "
                     "(dtype overflow, a broken teacher).",
                     step=step + 1,
                     last_good_step=last_good_step,
                 )
         if on_step is not None:
-            on_step(step + 1, dict(entry))
+            try:
+                on_step(step + 1, dict(entry))
+            except interrupts:
+                return stop(step + 1, f"after step {step + 1}")
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             checkpoint(step + 1)
 
     final = max(start, config.steps)
     checkpoint(final)
     optimizer.zero_grad(set_to_none=True)
-    return result(final, False)
+    return result(final)

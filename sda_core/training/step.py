@@ -1,6 +1,7 @@
 """One SDA loss evaluation: the forwards of docs/method.md, in the cheapest order, feeding `loss`'s terms.
 
-Forwards per step at x_t(z1), x_t(z2) (both on the student's own trajectory, see `trajectory.rollout`):
+Forwards per step at x_t(z1), x_t(z2) (both on the student's own trajectory, rolled out with the LoKr on and
+the assistant OFF unless `rollout_with_assistant`: see `loop.train_step` and `trajectory.rollout`):
   baseline   student, LoKr disabled, assistant on     no grad   z1
   teacher    teacher (cfg: pos+neg in the same batch) no grad   z1 and z2 in ONE forward   (k < div_skip)
   anchor     student, LoKr on,       assistant on     grad      z1
@@ -35,6 +36,7 @@ class LossTerms:
     diversity: torch.Tensor | None
     k: int
     sigma: float
+    teacher_finite: bool | None = None  # None: the step did not run the teacher (a pure-anchor step)
 
 
 def _sigma_rows(sigma: float, x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +114,7 @@ def _anchor_then_diversity(models, config, x_t1, x_t2, v_base, sigma, k, conds, 
     if x_t2 is None:
         return LossTerms(L.combine(sft, None, config.lambda_div), sft, None, k, float(sigma))
     x0_t1, x0_t2 = teacher_x0(models, [x_t1, x_t2], sigma, conds, config.teacher_cfg)
+    teacher_ok = _all_finite(x0_t1, x0_t2)
     masked = models.assistant() if models.assistant is not None else contextlib.nullcontext()
     with torch.enable_grad():
         with masked:  # assistant OFF exactly for this forward: the raw collapsed manifold
@@ -120,12 +123,17 @@ def _anchor_then_diversity(models, config, x_t1, x_t2, v_base, sigma, k, conds, 
     if backward:
         (config.lambda_div * div).backward()
         div = div.detach()
-    return LossTerms(L.combine(sft, div, config.lambda_div), sft, div, k, float(sigma))
+    return LossTerms(L.combine(sft, div, config.lambda_div), sft, div, k, float(sigma), teacher_ok)
+
+
+def _all_finite(*xs: torch.Tensor) -> bool:
+    return bool(torch.stack([torch.isfinite(x).all() for x in xs]).all())
 
 
 def _joint(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward) -> LossTerms:
     """No assistant: anchor (z1) and diversity (z2) run the same weights, so ONE grad forward and one backward."""
     x0_t1, x0_t2 = teacher_x0(models, [x_t1, x_t2], sigma, conds, config.teacher_cfg)
+    teacher_ok = _all_finite(x0_t1, x0_t2)
     with torch.enable_grad():
         x0_pol, x0_s2 = _student_x0(models, [x_t1, x_t2], sigma, conds)
         v_pol = L.velocity_from_x0(x_t1, x0_pol, sigma)
@@ -136,4 +144,4 @@ def _joint(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward) -> Los
         if torch.isfinite(total):
             total.backward()
         total, sft, div = total.detach(), sft.detach(), div.detach()
-    return LossTerms(total, sft, div, k, float(sigma))
+    return LossTerms(total, sft, div, k, float(sigma), teacher_ok)

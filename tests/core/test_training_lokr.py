@@ -112,3 +112,21 @@ def test_parametrized_linear_trains_only_lokr_params():
     lin(torch.randn(4, 16)).square().sum().backward()
     assert m.w1.grad is not None and m.w2.grad is not None
     assert lin.parametrizations.weight.original.grad is None
+
+
+def test_training_pins_the_lycoris_kernel_the_adapter_code_pins(monkeypatch):
+    """LyCORIS picks a kernel per call when none is named (a fused one on some GPUs): training names the same
+    backend as the adapter loader, so a GPU run computes the delta the CPU tests checked."""
+    import sda_core.training.lokr as lokr_module
+    from sda_core.adapters.algorithms import BACKEND
+
+    backends = []
+
+    def spy(*args, backend=None, **kwargs):
+        backends.append(backend)
+        return kron_weight(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(lokr_module, "kron_weight", spy)
+    TrainableLoKr(64, 48, factor=8).delta()
+    TrainableLoKr(64, 48, factor=8, rank=2).delta()
+    assert BACKEND == "torch" and backends == [BACKEND, BACKEND]

@@ -1,6 +1,7 @@
 """The loop end to end: the toy's known answer, exact resume, skipped/diverged steps, interrupt."""
 import dataclasses
 import json
+import math
 import os
 
 import pytest
@@ -8,20 +9,14 @@ import torch
 from safetensors import safe_open
 
 from sda_core.training import (
-    Checkpoint, TrainingDiverged, alignment, load_checkpoint, save_checkpoint, train,
+    Checkpoint, TeacherNotFinite, TrainingDiverged, alignment, load_checkpoint, save_checkpoint, train,
 )
 from sda_core.training.loop import draw_step, make_optimizer, step_seed, train_step
-from sda_core.training.trajectory import flow_sigmas
+from sda_core.training.trajectory import flow_sigmas, rollout
 from sdatest.toy_training import tiny_dit_problem, toy_problem
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny ops: a second thread only adds contention on the 2-core CI machines
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _lokr_tensors(tp):
@@ -211,7 +206,7 @@ def test_repeated_nan_raises_diverged_with_last_good_weights():
     def on_step(step, entry):
         poison.on = step >= 3
 
-    with pytest.raises(TrainingDiverged, match="3 consecutive") as info:
+    with pytest.raises(TrainingDiverged, match="3 steps with a non-finite") as info:
         train(tp.models, tp.config, on_step=on_step)
     assert info.value.last_good_step == 3 and info.value.step == 6
     a, b = _lokr_tensors(clean), _lokr_tensors(tp)
@@ -257,3 +252,123 @@ def test_an_update_that_overflows_the_weights_is_undone(monkeypatch):
     assert info.value.last_good_step == 2 and info.value.step == 4
     a, b = _lokr_tensors(clean), _lokr_tensors(tp)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_nan_teacher_stops_the_run_naming_it_although_pure_anchor_steps_succeed_between():
+    """Every diversity step is skipped (NaN targets); the pure-anchor steps (k = 7) between them train fine and
+    must not hide the broken teacher by resetting the count."""
+    tp = toy_problem(steps=40, max_bad_steps=4, div_skip=4)  # k >= 4: pure anchor, about half the steps
+    poison = Poison(tp.teacher)
+    poison.on = True
+    tp.models = dataclasses.replace(tp.models, teacher=poison)
+    seen = []
+    with pytest.raises(TeacherNotFinite, match="teacher's predictions were non-finite .* 4 steps in a row") as info:
+        train(tp.models, tp.config, on_step=lambda step, entry: seen.append(entry))
+    kinds = ["anchor" if h["k"] >= 4 else "div" for h in seen]
+    assert any(a == "div" and b == "anchor" for a, b in zip(kinds, kinds[1:])), kinds  # the old code reset here
+    assert all(h["skipped"] == (h["k"] < 4) for h in seen)  # the anchor steps did train
+    assert sum(k == "div" for k in kinds) == 3 and info.value.step == len(seen) + 1
+
+
+def test_pure_anchor_successes_do_not_reset_the_count_of_skipped_diversity_steps():
+    tp = toy_problem(steps=40, max_bad_steps=4, div_skip=4)  # seed 0 draws k = 0, 1, 2, 7, 1, ...
+    poison = Poison(tp.student)
+    tp.models = dataclasses.replace(tp.models, student=poison)
+    real = draw_step
+
+    def poisoned_when_diverse(config, step, n):
+        d = real(config, step, n)
+        poison.on = d.k < 4
+        return d
+
+    import sda_core.training.loop as loop
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(loop, "draw_step", poisoned_when_diverse)
+        with pytest.raises(TrainingDiverged, match="4 steps with a non-finite") as info:
+            train(tp.models, tp.config)
+    ks = [real(tp.config, s, 1).k for s in range(info.value.step)]
+    assert ks == [0, 1, 2, 7, 1] and info.value.last_good_step == 4  # the good anchor step 4 reset nothing
+
+
+def test_an_undone_update_restores_adamws_moments_and_step_count_with_the_weights(monkeypatch):
+    """After an overflowing update is undone, the next good update is the one a run without it would make."""
+    class OverflowOnce(torch.optim.AdamW):
+        calls = 0
+
+        def step(self, closure=None):
+            super().step(closure)
+            OverflowOnce.calls += 1
+            if OverflowOnce.calls == 3:  # the third update overflows the weights
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+
+    import sda_core.training.loop as loop
+
+    tp = toy_problem(steps=4)
+    seen = {}
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", OverflowOnce)
+    monkeypatch.setattr(loop, "draw_step", lambda config, step, n: draw_step(config, min(step, 1), n))
+    r = train(tp.models, tp.config, on_step=lambda step, entry: seen.update({step: _lokr_tensors(tp)}))
+    assert [h["skipped"] for h in r.history] == [False, False, True, False]
+    assert all(torch.equal(seen[3][n], seen[2][n]) for n in seen[2])
+    # reference: the same draws with no overflow: its third update must equal our fourth (state restored)
+    monkeypatch.setattr(torch.optim, "AdamW", adamw)
+    ref = toy_problem(steps=3)
+    train(ref.models, ref.config)
+    ours, theirs = _lokr_tensors(tp), _lokr_tensors(ref)
+    for n in theirs:  # the moments are rolled back by inverting AdamW's update: equal to rounding
+        torch.testing.assert_close(ours[n], theirs[n], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}"])
+def test_a_damaged_checkpoint_is_a_value_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "broken.ckpt.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(str(path))
+    assert str(path) in str(info.value) and "not a readable SDA training checkpoint" in str(info.value)
+
+
+@pytest.mark.parametrize("with_assistant_in_rollout", [False, True])
+def test_x_t_is_rolled_out_with_the_assistant_off_unless_asked(monkeypatch, with_assistant_in_rollout):
+    """Users sample the trained student without the training-only assistant: by default the rollout to x_t
+    follows that trajectory; `rollout_with_assistant` puts the assistant back for it."""
+    import sda_core.training.loop as loop
+
+    tp = toy_problem(steps=6, with_assistant=True, rollout_with_assistant=with_assistant_in_rollout)
+    states = []
+
+    def rollout_spy(denoise, zs, sigmas, k, conds, batch_conds=None):
+        def watched(x, sigma, cond):
+            states.append(tp.assistant.enabled)
+            return denoise(x, sigma, cond)
+
+        return rollout(watched, zs, sigmas, k, conds, batch_conds)
+
+    monkeypatch.setattr(loop, "rollout", rollout_spy)
+    train(tp.models, tp.config)
+    assert states and set(states) == {with_assistant_in_rollout}  # every rollout forward, not just some
+    assert tp.assistant.enabled, "the assistant must be on again after the rollout"
+
+
+@pytest.mark.parametrize("grad_clip, max_norm", [(1.0, 1.0), (0.25, 0.25), (0.0, math.inf)])
+def test_grad_clip_is_the_max_norm_of_the_clipping_and_zero_turns_it_off(monkeypatch, grad_clip, max_norm):
+    import sda_core.training.loop as loop
+
+    seen = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, m: seen.append(m) or clip(params, m))
+    tp = toy_problem(steps=2, grad_clip=grad_clip)
+    train(tp.models, tp.config)
+    assert seen == [max_norm, max_norm] and loop.SDAConfig().grad_clip == 1.0
+
+
+def test_a_clipped_step_moves_the_factors_otherwise_than_an_unclipped_one():
+    runs = {}
+    for grad_clip in (0.0, 1e-4):
+        tp = toy_problem(steps=3, grad_clip=grad_clip)
+        train(tp.models, tp.config)
+        runs[grad_clip] = _lokr_tensors(tp)
+    assert not torch.equal(runs[0.0]["mix.w2"], runs[1e-4]["mix.w2"])

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from sdatest.pack_source import registered_node_ids
 from sdatest.workflow_api import CORE_TYPES
@@ -25,11 +24,6 @@ MODEL_FILES = ("diffusion_models/z_image_turbo_bf16.safetensors", "text_encoders
 
 def note_text(workflow: dict[str, Any]) -> str:
     return "\n".join(str(v) for n in workflow["nodes"] if n["type"] in NOTE_TYPES for v in n["widgets_values"])
-
-
-@pytest.fixture(scope="module", params=WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def workflow(request) -> dict[str, Any]:
-    return json.loads(request.param.read_text(encoding="utf-8"))
 
 
 def test_every_described_workflow_is_shipped_and_nothing_else():

@@ -174,3 +174,49 @@ def _assert_reports_shown_and_serialisation_unchanged(page, server, entry, befor
     assert page.evaluate(SERIALIZED) == values_before, "widgets_values changed by saving and reloading"
     assert _our_prompt(page) == prompt_before, "the API prompt of our nodes changed by saving and reloading"
     assert page.errors == [], f"page errors: {page.errors}"
+
+
+CANCEL_STEPS = 100_000  # far more than a run reaches before the Cancel
+QUEUE_WITH_PROGRESS = """async prompt => { const api = window.app.api; window.sdaProgress = [];
+    api.addEventListener('progress', e => window.sdaProgress.push(e.detail));
+    const r = await api.fetchApi('/prompt', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                            body: JSON.stringify({prompt, client_id: api.clientId})});
+    return await r.json(); }"""
+
+
+def test_cancel_during_training_from_the_ui_saves_the_lokr_and_the_checkpoint(page, server):
+    """Training queued on the real server; once its progress bar moves, the UI's Cancel (the frontend's
+    api.interrupt, what the Cancel button calls): the prompt ends normally and both files exist."""
+    from safetensors import safe_open
+
+    from sdatest.graph import Graph
+
+    g = Graph()
+    conditioning = g.add("ConditioningCombine", conditioning_1=g.add("SDATest_TinyConditioning", seed=0, tokens=8),
+                         conditioning_2=g.add("SDATest_TinyConditioning", seed=2, tokens=8))
+    g.add("SDATrainLoKr", student=g.add("SDATest_TinyZImage", seed=0, dtype="fp32"),
+          teacher=g.add("SDATest_TinyZImage", seed=1, dtype="fp32"), conditioning=conditioning, prompts="",
+          width=64, height=64, steps=CANCEL_STEPS, learning_rate=1e-3, lambda_div=1.0, huber_delta=0.08,
+          pool_kernel=8, div_skip=7, student_steps=8, lokr_factor=8, lokr_rank=0, include_refiners=False,
+          gradient_checkpointing=False, seed=0, save_name="e2e_cancel", checkpoint_every=0, resume=False)
+    queued = page.evaluate(QUEUE_WITH_PROGRESS, g.prompt())
+    assert "prompt_id" in queued, f"the server refused the prompt: {queued}"
+    prompt_id = queued["prompt_id"]
+    page.wait_for_function(f"() => window.sdaProgress.some(p => p.max === {CANCEL_STEPS} && p.value >= 2)",
+                           timeout=RUN_TIMEOUT * 1000)
+    page.evaluate("async id => { await window.app.api.interrupt(id); }", prompt_id)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while (entry := server.get_json(f"/history/{prompt_id}").get(prompt_id)) is None or \
+            entry.get("status", {}).get("completed") is None:
+        assert time.monotonic() < deadline, f"the cancelled prompt did not end\n{server.log_tail()}"
+        time.sleep(0.5)
+    assert entry["status"]["status_str"] == "success", f"{entry['status']['messages'][-1:]}\n{server.log_tail()}"
+    report = "\n".join(next(v["text"] for v in entry["outputs"].values() if v.get("text")))
+    assert f"of {CANCEL_STEPS}" in report and "interrupted at step" in report, report
+    lokr = server.base / "models" / "loras" / "e2e_cancel.safetensors"
+    checkpoint = server.base / "output" / "sda_checkpoints" / "e2e_cancel.ckpt.safetensors"
+    assert lokr.is_file() and checkpoint.is_file(), f"missing after Cancel: {lokr}, {checkpoint}"
+    with safe_open(str(lokr), framework="pt") as f, safe_open(str(checkpoint), framework="pt") as c:
+        steps = int(c.metadata()["step"])
+        assert f.metadata()["sda_interrupted"] == "true" and f.metadata()["sda_steps"] == str(steps)
+        assert 2 <= steps < CANCEL_STEPS

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from sdatest import comfy_host
+from sdatest import comfy_host, tiny_models
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,3 +33,9 @@ def comfy() -> comfy_host.ComfyHost:
 def loras(comfy):
     """ComfyUI's loras folder for this session (files written here show up in the combo widgets)."""
     return comfy.folder("loras")
+
+
+@pytest.fixture(scope="session")
+def lpips_weights(comfy):
+    """A random-weight AlexNet backbone in the session's models/lpips (LPIPS never downloads in tests)."""
+    return tiny_models.write_lpips_backbone(comfy.folder("lpips"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdatest import registry, tiny_models
+from sdatest import registry
 from sdatest.comfy_host import PromptFailed
 from sdatest.graph import Graph
 
@@ -18,11 +18,6 @@ PROMPT = "a red fox in fresh snow, golden hour"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 EOS = 49407
-
-
-@pytest.fixture(scope="module")
-def lpips_weights(comfy):
-    return tiny_models.write_lpips_backbone(comfy.folder("lpips"))
 
 
 def _towers(g, text_width=32, kind="clip_l", projection_dim=32, dtype="fp32"):

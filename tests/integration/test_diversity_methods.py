@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdatest import registry, tiny_models
+from sdatest import registry
 from sdatest.comfy_host import PromptFailed
 from sdatest.graph import Graph
 
@@ -14,11 +14,6 @@ SIZE = 64
 NOISE = dict(strength=0.8, start_percent=0.0, end_percent=0.5, protect_tokens=1)
 CADS = dict(tau1=0.3, tau2=0.9, noise_scale=0.5, psi=1.0)
 BY_STEP = dict(cfg_early=1.0, start_percent=0.0, end_percent=0.25)
-
-
-@pytest.fixture(scope="module")
-def lpips_weights(comfy):
-    return tiny_models.write_lpips_backbone(comfy.folder("lpips"))
 
 
 def _base(g):

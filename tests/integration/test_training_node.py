@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -27,14 +30,7 @@ MAIN = ["attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.
         "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny ops: on the shared 2-core machines a second torch thread mostly waits (20x slower under load).
-    # Module-wide: runs compared bit for bit must use the same thread count (reduction order).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +41,6 @@ def adapters(comfy):
     write_lora(loras / "train_dedistill.safetensors", shapes, rank=4, seed=11)
     write_lora(loras / "train_assistant.safetensors", shapes, rank=4, seed=12)
     return loras
-
-
-@pytest.fixture(scope="module")
-def lpips_weights(comfy):
-    return tiny_models.write_lpips_backbone(comfy.folder("lpips"))
 
 
 @pytest.fixture
@@ -108,7 +99,7 @@ def test_trains_saves_and_the_file_reloads_through_comfyuis_lora_loader(comfy, p
     g = Graph()
     student, teacher = _models(g, shared=True)
     cond = g.add("SDATest_TinyConditioning", seed=0, tokens=8)
-    node = _train(g, student, teacher, _prompts(g), save_name="sda_run")
+    node = _train(g, student, teacher, _prompts(g), save_name="sda_run", grad_clip=0.5)
     _denoise(g, node[0], cond, "trained")
     g.add("SDATest_Capture", value=node[1], key="path")
     g.add("SDATest_Capture", value=node[2], key="image")
@@ -117,6 +108,9 @@ def test_trains_saves_and_the_file_reloads_through_comfyuis_lora_loader(comfy, p
     assert path == str(comfy.folder("loras") / "sda_run.safetensors")
     report = _report(outputs, node)
     assert "20 of 20 steps done" in report and "prompts: 2 from the conditioning input" in report
+    assert "grad_clip 0.5," in report
+    stop_sigma = _comfyui_sigmas(8)[7]  # ComfyUI's own simple schedule for the tiny Z-Image (shift 3)
+    assert f"it stops at σ {stop_sigma:.3f} (step 7 of 8, shift 3)" in report and f"{stop_sigma:.3f}" == "0.300"
     assert outputs[node.id]["images"], "the loss curves are shown on the node"
     image = registry.take("image")
     assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3
@@ -140,6 +134,7 @@ def test_trains_saves_and_the_file_reloads_through_comfyuis_lora_loader(comfy, p
     assert meta["sda_steps"] == "20" and meta["sda_base_model"] == "ZImage" and meta["sda_prompt_count"] == "2"
     config = json.loads(meta["sda_config"])
     assert config["steps"] == 20 and config["factor"] == 8 and config["rank"] is None and config["shift"] == 3.0
+    assert config["grad_clip"] == 0.5 and config["rollout_with_assistant"] is False
     assert json.loads(meta["ss_network_args"])["algo"] == "lokr"
 
     g = Graph()
@@ -154,6 +149,13 @@ def test_trains_saves_and_the_file_reloads_through_comfyuis_lora_loader(comfy, p
     assert (trained - base_before).abs().max() > 1e-4, "the LoKr changed nothing: the test could not tell"
     torch.testing.assert_close(trained, theirs, rtol=0, atol=1e-6)
     assert torch.equal(base_after, base_before), "the input student was modified by training"
+
+
+def _comfyui_sigmas(steps: int) -> list[float]:
+    import comfy.samplers
+
+    sampling = tiny_models.tiny_zimage(0).get_model_object("model_sampling")
+    return comfy.samplers.calculate_sigmas(sampling, "simple", steps).tolist()
 
 
 def _assert_lycoris_loads(tensors):
@@ -272,8 +274,14 @@ def test_memory_short_loads_the_teacher_only_for_its_forwards_and_trains_the_sam
     ("escape", "save_name: refusing to write"),
     ("div_skip", "div_skip must lie in 0..8"),
     ("no_vae", "eval_every: connect a vae"),
+    ("long_name", "(300 characters): it is 300 bytes long; with the '_diverged_9999.safetensors' added to it, the "
+                  "file name would be 326 bytes, over the 255 this file system allows; shorten it to at most 229"),
+    ("windows_name", "save_name: 'x:y*?<>|': the characters '*' ':' '<' '>' '?' '|' are not allowed in file names"),
+    ("text_width", "text feature input (cap_embedder): the student's weight is [256, 32] (width 256), the teacher's "
+                   "[512, 64] (width 512): both must read the same 32-wide conditioning"),
+    ("garbage_checkpoint", "is not a readable SDA training checkpoint (SafetensorError"),
 ])
-def test_refuses_what_it_cannot_train_with_a_clear_error(comfy, case, message):
+def test_refuses_what_it_cannot_train_with_a_clear_error_before_any_step(comfy, progress, case, message):
     g = Graph()
     student, teacher = _models(g)
     if case == "eps_student":
@@ -289,12 +297,27 @@ def test_refuses_what_it_cannot_train_with_a_clear_error(comfy, case, message):
         overrides = {"eval_every": 2}
     if case == "no_clip":
         overrides = {"prompts": "a cat\na dog"}
+    if case == "long_name":
+        overrides = {"save_name": "n" * 300}
+    if case == "windows_name":
+        overrides = {"save_name": "x:y*?<>|"}
+    if case == "text_width":
+        teacher = g.add("SDATest_TinyZImageVariant", seed=1, model_type="FLOW", in_channels=16, dim=512, cap_feat_dim=64)
+    if case == "garbage_checkpoint":
+        garbage = comfy.output_dir / "sda_checkpoints" / "garbage.ckpt.safetensors"
+        garbage.parent.mkdir(exist_ok=True)
+        garbage.write_bytes(b"not a safetensors file")
+        overrides = {"save_name": "garbage", "resume": True}
+        message = f"resume: {garbage} {message}"
     conditioning = None if case in ("no_prompts", "no_clip") else _prompts(g)
     _train(g, student, teacher, conditioning, steps=2, **overrides)
     with pytest.raises(PromptFailed) as failed:
         comfy.run(g.prompt())
     assert failed.value.node_type == "SDATrainLoKr"
     assert message in failed.value.message
+    assert not [total for _, total in progress if total == 2], "refused only after training had started"
+    if case == "garbage_checkpoint":
+        assert "Delete or move that file" in failed.value.message
 
 
 def test_assistant_adapter_shared_teacher_cfg_refiners_rank_and_checkpointing(comfy, adapters):
@@ -378,3 +401,192 @@ def test_eval_renders_fixed_seeds_plots_lpips_and_keeps_the_best_across_a_resume
         assert all(torch.equal(again[k], tensors[k]) for k in tensors)
     else:
         assert best_again["step"] == 6 and best_again["avg_lpips"] > json.loads(meta["sda_eval"])["avg_lpips"]
+
+
+def _pack_module(suffix: str):
+    """A module of the pack as ComfyUI loaded it (a custom-node package), e.g. 'sda_core.training.checkpoint'."""
+    import nodes as comfy_nodes
+
+    root = comfy_nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__.split(".")[0]
+    return sys.modules[f"{root}.{suffix}"]
+
+
+class CancelAt:
+    """A test-only injection point: ComfyUI's Cancel (`interrupt_current_processing(True)`) at the n-th forward,
+    backward, checkpoint write or eval forward while the progress bar shows `step` completed steps.
+
+    A forward sets the flag and lets ComfyUI's own per-op check raise inside the model; a backward raises from a
+    gradient hook on the model output, as an op re-run in backward would; a checkpoint write sets the flag and
+    completes (nothing checks it there); an eval forward is a sampler forward of the eval render.
+    """
+
+    def __init__(self, monkeypatch, total: int) -> None:
+        import comfy.model_base
+        import comfy.model_management as mm
+        import comfy.utils as comfy_utils
+
+        self.mm, self.total, self.step, self.point, self.seen, self.in_eval = mm, total, 0, None, 0, False
+        original = comfy.model_base.BaseModel.apply_model
+
+        def apply_model(model, *args, **kwargs):
+            self._event("eval" if self.in_eval else "forward")
+            out = original(model, *args, **kwargs)
+            if out.requires_grad:
+                out.register_hook(lambda grad: self._event("backward", throw=True))
+            return out
+
+        def progress(value, total, preview, node_id=None, **kw):
+            if total == self.total:
+                self.step = value
+
+        evaluator = _pack_module("nodes.training.progress").Evaluator
+        render = evaluator.__call__
+
+        def eval_call(evaluator_self, step):
+            self.in_eval = True
+            try:
+                return render(evaluator_self, step)
+            finally:
+                self.in_eval = False
+
+        checkpoint = _pack_module("sda_core.training.checkpoint")
+        write = checkpoint.atomic_save_safetensors
+
+        def checkpoint_write(*args, **kwargs):
+            self._event("checkpoint")
+            return write(*args, **kwargs)
+
+        monkeypatch.setattr(comfy.model_base.BaseModel, "apply_model", apply_model)
+        monkeypatch.setattr(comfy_utils, "PROGRESS_BAR_HOOK", progress)
+        monkeypatch.setattr(evaluator, "__call__", eval_call)
+        monkeypatch.setattr(checkpoint, "atomic_save_safetensors", checkpoint_write)
+
+    def arm(self, kind: str, step: int, nth: int) -> None:
+        self.point, self.seen = (kind, step, nth), 0
+
+    def _event(self, kind: str, throw: bool = False) -> None:
+        if self.point is None or self.point[:2] != (kind, self.step):
+            return
+        self.seen += 1
+        if self.seen == self.point[2]:
+            self.point = None
+            self.mm.interrupt_current_processing(True)
+            if throw:
+                self.mm.throw_exception_if_processing_interrupted()
+
+
+def _cancel_points(seed: int, steps: int, eval_every: int) -> list[tuple[str, int, int]]:
+    """Ten (kind, completed steps, n-th event) points, one per run of a chain of resumes, in step order."""
+    rng = random.Random(seed)
+    points = []
+    for step in sorted(rng.sample(range(steps - 1), 10)):
+        kinds = ["forward", "backward"] + (["checkpoint"] if step > 0 else []) + (
+            ["eval"] if step % eval_every == 0 else [])
+        kind = rng.choice(kinds)
+        nth = {"forward": rng.randint(1, 3), "backward": 1, "checkpoint": 1, "eval": rng.randint(1, 8)}[kind]
+        points.append((kind, step, nth))
+    return points
+
+
+def _lokr_matches_checkpoint(lokr_file, ckpt) -> None:
+    """The LoKr file holds the checkpoint's factors: the state after the last complete step."""
+    tensors, meta = _file(lokr_file)
+    assert meta["sda_steps"] == str(ckpt.step)
+    by_module = {k[len("diffusion_model."):]: v for k, v in tensors.items() if not k.endswith(".alpha")}
+    assert len(by_module) == len(ckpt.lokr)
+    for name, value in ckpt.lokr.items():
+        module, factor = name.rsplit(".", 1)
+        assert torch.equal(by_module[f"{module}.lokr_{factor}"], value), name
+
+
+def test_cancel_at_any_moment_saves_the_last_complete_step_and_resume_continues_the_curve(
+        comfy, monkeypatch, uninterrupted, lpips_weights):
+    """Ten Cancels, each in another run of one chain of resumes: inside a student or teacher forward, a backward,
+    a checkpoint write or an eval render. Each run returns normally, saying where it stopped, with a LoKr file
+    and a checkpoint of the last complete step; the chain ends on the uninterrupted run's curve and LoKr."""
+    import comfy.model_management as mm
+
+    history, full = uninterrupted
+    cancel = CancelAt(monkeypatch, INTERRUPT_STEPS)
+    points = _cancel_points(seed=11, steps=INTERRUPT_STEPS, eval_every=3)
+    assert {kind for kind, _, _ in points} == {"forward", "backward", "checkpoint", "eval"}
+    settings = dict(steps=INTERRUPT_STEPS, save_name="chain", checkpoint_every=1, eval_every=3, eval_seeds=2)
+    for run, (kind, step, nth) in enumerate(points):
+        cancel.arm(kind, step, nth)
+        g = Graph()
+        node = _train(g, *_models(g, shared=True), _prompts(g), resume=run > 0,
+                      vae=g.add("SDATest_TinyVAE", seed=0), **settings)
+        outputs = comfy.run(g.prompt())
+        assert cancel.point is None, f"run {run}: the cancel point {kind, step, nth} was never reached"
+        assert not mm.processing_interrupted(), "the Cancel must be consumed by the node that stopped"
+        report = _report(outputs, node)
+        assert f"interrupted at step {step} of {INTERRUPT_STEPS}" in report, (kind, step, report)
+        ckpt = _checkpoint(comfy, "chain")
+        assert ckpt.step == step and ckpt.history == history[:step], (kind, step)
+        _lokr_matches_checkpoint(comfy.folder("loras") / ("chain.safetensors" if run == 0 else
+                                                          f"chain_{run}.safetensors"), ckpt)
+
+    g = Graph()
+    node = _train(g, *_models(g, shared=True), _prompts(g), resume=True, vae=g.add("SDATest_TinyVAE", seed=0),
+                  **settings)
+    assert f"{INTERRUPT_STEPS} of {INTERRUPT_STEPS} steps done" in _report(comfy.run(g.prompt()), node)
+    assert _checkpoint(comfy, "chain").history == history
+    again, _ = _file(comfy.folder("loras") / f"chain_{len(points)}.safetensors")
+    assert again.keys() == full.keys()
+    for key in full:
+        assert torch.equal(full[key], again[key]), key
+
+
+def test_cancel_from_another_thread_saves_and_resumes_to_the_same_curve(comfy, monkeypatch, uninterrupted):
+    """A real second thread presses Cancel at a random moment after step 1; the progress hook holds step 4 until
+    it has, so the Cancel lands somewhere in steps 1-4 whatever the machine's speed."""
+    import comfy.model_management as mm
+    import comfy.utils as comfy_utils
+
+    history, full = uninterrupted
+    started, fired = threading.Event(), threading.Event()
+    delay = random.Random(5).uniform(0.0, 0.2)
+
+    def press_cancel():
+        started.wait(60)
+        time.sleep(delay)
+        mm.interrupt_current_processing(True)
+        fired.set()
+
+    def hook(value, total, preview, node_id=None, **kw):
+        if total == INTERRUPT_STEPS and value >= 1:
+            started.set()
+            if value >= 4:
+                assert fired.wait(60), "the cancelling thread never ran"
+
+    monkeypatch.setattr(comfy_utils, "PROGRESS_BAR_HOOK", hook)
+    thread = threading.Thread(target=press_cancel, daemon=True)
+    thread.start()
+    g = Graph()
+    node = _train(g, *_models(g, shared=True), _prompts(g), steps=INTERRUPT_STEPS, save_name="threaded")
+    report = _report(comfy.run(g.prompt()), node)
+    thread.join(60)
+    ckpt = _checkpoint(comfy, "threaded")
+    assert 1 <= ckpt.step <= 4 and f"interrupted at step {ckpt.step} of {INTERRUPT_STEPS}" in report
+    assert ckpt.history == history[:ckpt.step]
+    _lokr_matches_checkpoint(comfy.folder("loras") / "threaded.safetensors", ckpt)
+
+    g = Graph()
+    _train(g, *_models(g, shared=True), _prompts(g), steps=INTERRUPT_STEPS, save_name="threaded", resume=True)
+    comfy.run(g.prompt())
+    assert _checkpoint(comfy, "threaded").history == history
+    again, _ = _file(comfy.folder("loras") / "threaded_1.safetensors")
+    assert all(torch.equal(full[key], again[key]) for key in full)
+
+
+def test_a_teacher_with_nan_weights_stops_the_run_naming_the_teacher_and_saves_no_lokr(comfy):
+    g = Graph()
+    student = g.add("SDATest_TinyZImage", seed=0, dtype="fp32", shared=True)
+    teacher = g.add("SDATest_TinyZImageVariant", seed=1, model_type="FLOW", in_channels=16, nan_weights=True)
+    _train(g, student, teacher, _prompts(g), steps=12, save_name="nan_teacher")
+    with pytest.raises(PromptFailed) as failed:
+        comfy.run(g.prompt())
+    assert failed.value.node_type == "SDATrainLoKr"
+    assert "teacher: ZImage: the teacher's predictions were non-finite" in failed.value.message
+    assert "No LoKr was saved" in failed.value.message
+    assert not list(comfy.folder("loras").glob("nan_teacher*")), "a LoKr trained against NaN targets was saved"

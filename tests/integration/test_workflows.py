@@ -45,16 +45,6 @@ def model_files(comfy) -> dict[str, Path]:
     return write_tiny_model_files(comfy.root / "models")
 
 
-@pytest.fixture(params=WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def shipped(request) -> tuple[str, dict[str, Any]]:
-    return request.param.stem, json.loads(request.param.read_text(encoding="utf-8"))
-
-
-@pytest.fixture
-def workflow(shipped) -> dict[str, Any]:
-    return shipped[1]
-
-
 def test_core_types_exist(comfy):
     import nodes
 

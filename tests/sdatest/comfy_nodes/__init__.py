@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from sdatest import registry, tiny_clip, tiny_models
+from sdatest import registry, tiny_archs, tiny_clip, tiny_models
 
 class _AnyType(str):
     """Matches every socket type in ComfyUI's validation (the '*' convention custom packs use)."""
@@ -46,7 +46,8 @@ class TinyZImage:
 
 
 class TinyZImageVariant:
-    """A tiny Z-Image that a trainer must refuse: another model type (EPS, not flow) or other input channels."""
+    """A tiny Z-Image that a trainer must refuse: another model type (EPS, not flow), other input channels,
+    another width (`dim`, heads of 64) or NaN weights."""
 
     CATEGORY = "SDA/testing"
     RETURN_TYPES = ("MODEL",)
@@ -58,11 +59,22 @@ class TinyZImageVariant:
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
             "model_type": (["FLOW", "EPS"], {"default": "FLOW"}),
             "in_channels": ("INT", {"default": 16, "min": 1, "max": 64}),
+        }, "optional": {
+            "dim": ("INT", {"default": 256, "min": 256, "max": 1024, "step": 64}),
+            "nan_weights": ("BOOLEAN", {"default": False}),
+            "cap_feat_dim": ("INT", {"default": 32, "min": 8, "max": 256}),
         }}
 
-    def build(self, seed, model_type, in_channels):
+    def build(self, seed, model_type, in_channels, dim=256, nan_weights=False, cap_feat_dim=32):
         if model_type == "FLOW":
-            return (tiny_models.tiny_zimage(seed, in_channels=in_channels),)
+            model = tiny_models.tiny_zimage(seed, in_channels=in_channels, dim=dim, n_heads=dim // 64,
+                                            n_kv_heads=dim // 64, cap_feat_dim=cap_feat_dim)
+            if nan_weights:
+                with torch.no_grad():
+                    for name, p in model.model.diffusion_model.named_parameters():
+                        if name.startswith("layers.") and name.endswith(".weight"):
+                            p.fill_(float("nan"))
+            return (model,)
         import comfy.model_base
         import comfy.model_management as mm
         import comfy.model_patcher
@@ -240,4 +252,5 @@ NODE_CLASS_MAPPINGS = {
     "SDATest_TinyConditioning": TinyConditioning,
     "SDATest_Denoise": Denoise,
     "SDATest_Capture": Capture,
+    **tiny_archs.NODES,
 }
