@@ -30,7 +30,8 @@ from sda_core.seeds import SeedError, resolve_seeds
 
 DEFAULTS = {"unet": "z_image_turbo_bf16.safetensors", "clip": "qwen_3_4b.safetensors", "vae": "ae.safetensors",
             "clip_type": "lumina2"}
-MODEL_KEYS = {"unet", "lora", "steps", "cfg", "sampler", "scheduler"}
+MODEL_KEYS = {"unet", "lora", "steps", "cfg", "sampler", "scheduler", "noise", "cads", "early", "early_cfg",
+              "early_end"}
 SCORE_KEYS = ("avg_lpips", "pixel_std", "sharpness", "vendi", "clip_score", "seconds_per_image")
 
 
@@ -47,6 +48,11 @@ class ModelSpec:
     cfg: float = 1.0
     sampler: str = "euler"
     scheduler: str = "simple"
+    noise: float | None = None  # SDA Conditioning Noise strength (first 25 % of the steps)
+    cads: float | None = None  # SDA Condition Annealing noise scale (CADS, tau 0.6 … 0.9, psi 1)
+    early: str | None = None  # SDA Model by Step: this diffusion model on the first early_end of the steps
+    early_cfg: float = 4.0
+    early_end: float = 0.125
 
 
 def _number(text: str, key: str, value: str, kind: type, bounds: tuple) -> Any:
@@ -78,8 +84,12 @@ def parse_model(text: str, default_unet: str) -> ModelSpec:
                                    if strength else 1.0))
         elif key == "steps":
             spec.steps = _number(text, key, value, int, limits.STEPS)
-        elif key == "cfg":
-            spec.cfg = _number(text, key, value, float, limits.CFG)
+        elif key in ("cfg", "early_cfg"):
+            setattr(spec, key, _number(text, key, value, float, limits.CFG))
+        elif key in ("noise", "cads"):
+            setattr(spec, key, _number(text, key, value, float, (0.0, 4.0)))
+        elif key == "early_end":
+            spec.early_end = _number(text, key, value, float, (0.0, 1.0))
         else:
             setattr(spec, key, value)
     return spec
@@ -123,6 +133,16 @@ def build_prompt(text: str, negative: str, models: Sequence[ModelSpec], *, clip:
         model = [unets[spec.unet], 0]
         for name, strength in spec.loras:
             model = [g.add("SDALoKrLoader", model=model, lokr_name=name, strength=strength), 0]
+        if spec.early:
+            if spec.early not in unets:
+                unets[spec.early] = g.add("UNETLoader", unet_name=spec.early, weight_dtype="default")
+            model = [g.add("SDAModelByStep", model=model, model_early=[unets[spec.early], 0], cfg_early=spec.early_cfg,
+                           start_percent=0.0, end_percent=spec.early_end), 0]
+        if spec.noise is not None:
+            model = [g.add("SDAConditioningNoise", model=model, strength=spec.noise, start_percent=0.0,
+                           end_percent=0.25, protect_tokens=0), 0]
+        if spec.cads is not None:
+            model = [g.add("SDAConditionAnnealing", model=model, tau1=0.6, tau2=0.9, noise_scale=spec.cads, psi=1.0), 0]
         grid = g.add("SDASeedDiversityGrid", model=model, positive=[positive, 0], negative=[negative_node, 0],
                      vae=[vae_node, 0], width=width, height=height, seed=seed, num_seeds=num_seeds, seed_list=seeds,
                      steps=spec.steps, cfg=spec.cfg, sampler_name=spec.sampler, scheduler=spec.scheduler,
@@ -194,7 +214,9 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = _Parser(prog="python -m headless.compare", description=__doc__.splitlines()[0])
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", str(Path(__file__).resolve().parents[3])),
                    help="ComfyUI checkout (default: $COMFYUI_PATH, else the folder holding custom_nodes/)")
-    p.add_argument("--model", action="append", required=True, help="label[:unet=…,lora=file@strength+…,steps=…,cfg=…]")
+    p.add_argument("--model", action="append", required=True,
+                   help="label[:unet=…,lora=file@strength+…,steps=…,cfg=…,sampler=…,scheduler=…,noise=strength,"
+                        "cads=noise_scale,early=unet_file,early_cfg=…,early_end=fraction]")
     p.add_argument("--baseline", help="label of the collapsed baseline")
     p.add_argument("--teacher", help="label of the many-step teacher")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
@@ -270,6 +292,8 @@ def missing_files(folder_paths, args: argparse.Namespace, models: Sequence[Model
     wanted = [("--clip", "text_encoders", args.clip), ("--vae", "vae", args.vae)]
     for spec in models:
         wanted.append((f"--model {spec.label}: unet", "diffusion_models", spec.unet))
+        if spec.early:
+            wanted.append((f"--model {spec.label}: early", "diffusion_models", spec.early))
         wanted += [(f"--model {spec.label}: lora", "loras", name) for name, _ in spec.loras]
     missing = []
     for what, folder, name in dict.fromkeys(wanted):
@@ -309,7 +333,8 @@ def main(argv: Sequence[str] | None = None, runtime=None) -> dict[str, Any]:
             teacher=labels.index(args.teacher) + 1 if args.teacher else None, prefix=f"prompt{k:02d}")
         ui = runtime.run(prompt)
         reports = {label: json.loads(ui[node]["text"][0]) for label, node in grids.items()}
-        per_prompt.append({label: {**r["scores"], "seconds_per_image": r.get("seconds_per_image")}
+        per_prompt.append({label: {**r["scores"], "seconds_per_image": r.get("seconds_per_image"),
+                                   "clip_score": (r.get("clip_score") or {}).get("mean")}
                            for label, r in reports.items()})
         settings = {label: {"seeds": r["seeds"], "size": (r["settings"]["width"], r["settings"]["height"])}
                     for label, r in reports.items()}

@@ -8,11 +8,19 @@ from . import host
 
 CATEGORY = "SDA"
 STACK_ROWS = 4
-NONE = "None"
+NONE = host.NONE
 LoraStack = io.Custom("LORA_STACK")
 
+CLONED = "It is cloned: the input MODEL itself is never changed."
+MODEL_IN = "The diffusion model to patch. " + CLONED
+STRENGTH = (f"Multiplier of the adapter's change to the weights (−{MAX_STRENGTH:g} to {MAX_STRENGTH:g}). 1 is the "
+            "strength it was trained at, 0 gives the model back unchanged, negative subtracts it.")
+MODEL_OUT = "The model with the adapter(s) patched in; ComfyUI applies the patches when it loads the model."
+REPORT_OUT = ("What each file is (format, algorithm, rank, alpha and scale), how many layers it patched and "
+              "which keys it could not place, and why.")
 
-def _strength(id: str, default: float = 1.0, tooltip: str | None = None) -> io.Float.Input:
+
+def _strength(id: str, default: float = 1.0, tooltip: str = STRENGTH) -> io.Float.Input:
     return io.Float.Input(id, default=default, min=-MAX_STRENGTH, max=MAX_STRENGTH, step=0.01, tooltip=tooltip)
 
 
@@ -25,11 +33,12 @@ class SDALoKrLoader(io.ComfyNode):
             category=CATEGORY,
             description="Patch the SDA LoKr (or any LoKr/LoRA/LoHa) onto a copy of the model and report what it placed.",
             inputs=[
-                io.Model.Input("model"),
-                io.Combo.Input("lokr_name", options=host.lora_names(), tooltip="A file in models/loras."),
-                _strength("strength", tooltip="Multiplier of the adapter; 0 gives the input model back."),
+                io.Model.Input("model", tooltip=MODEL_IN),
+                host.adapter_file_input("lokr_name", extra="Usually the SDA LoKr."),
+                _strength("strength"),
             ],
-            outputs=[io.Model.Output(display_name="MODEL"), io.String.Output(display_name="report")],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip=MODEL_OUT),
+                     io.String.Output(display_name="report", tooltip=REPORT_OUT)],
         )
 
     @classmethod
@@ -46,9 +55,11 @@ class SDAAdapterStack(io.ComfyNode):
         rows = []
         for i in range(1, STACK_ROWS + 1):
             rows += [
-                io.Boolean.Input(f"enabled_{i}", default=True, label_on="on", label_off="off"),
-                io.Combo.Input(f"lora_{i}", options=[NONE] + host.lora_names(), default=NONE),
-                _strength(f"strength_{i}"),
+                io.Boolean.Input(f"enabled_{i}", default=True, label_on="on", label_off="off",
+                                 tooltip=f"Row {i} on or off: off skips it and keeps its file and strength."),
+                host.adapter_file_input(f"lora_{i}", number=i, none_option=True,
+                                        extra=f"Row {i}: applied after the rows above it."),
+                _strength(f"strength_{i}", tooltip=f"Row {i}: " + STRENGTH),
             ]
         return io.Schema(
             node_id="SDAAdapterStack",
@@ -56,11 +67,23 @@ class SDAAdapterStack(io.ComfyNode):
             category=CATEGORY,
             description=("Apply an ordered stack to one model: an incoming LORA_STACK first, then rows 1 to 4 "
                          "(SDA LoKr, style LoRAs, DistillPatch...). Chain stacks for more rows."),
-            inputs=[io.Model.Input("model"), LoraStack.Input("lora_stack", optional=True), *rows],
+            inputs=[
+                io.Model.Input("model", tooltip=MODEL_IN),
+                LoraStack.Input("lora_stack", optional=True,
+                                tooltip=("Optional LORA_STACK from another stack node (this one, Comfyroll, "
+                                         "Efficiency, …), applied first in its order. Model strengths must be within "
+                                         f"±{MAX_STRENGTH:g}; clip strengths are passed on, not used (only the "
+                                         "diffusion model is patched).")),
+                *rows,
+            ],
             outputs=[
-                io.Model.Output(display_name="MODEL"),
-                LoraStack.Output(display_name="LORA_STACK"),
-                io.String.Output(display_name="report"),
+                io.Model.Output(display_name="MODEL", tooltip=MODEL_OUT),
+                LoraStack.Output(display_name="LORA_STACK",
+                                 tooltip=("The incoming stack plus the enabled rows as (file, strength, strength) "
+                                          "entries: chain it into another stack or a node that takes LORA_STACK.")),
+                io.String.Output(display_name="report",
+                                 tooltip=("How many layers each adapter patches and shares with the others "
+                                          "(shared layers receive the sum), then each file's report.")),
             ],
         )
 
@@ -88,19 +111,24 @@ class SDAInvertTrainingAdapter(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SDAInvertTrainingAdapter",
-            display_name="Invert Training Adapter",
+            display_name="SDA Invert Training Adapter",
             category=CATEGORY,
             description=("Apply a de-distill training adapter at −strength, cancelling it where it is merged in: "
                          "base + adapter + yours − adapter = base + yours."),
             inputs=[
-                io.Model.Input("model"),
-                io.Combo.Input("adapter_name", options=host.lora_names(), tooltip="The training adapter in models/loras."),
-                io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.01,
-                               tooltip="The strength it was merged at; it is applied at −strength."),
+                io.Model.Input("model", tooltip="The model that has the training adapter merged in. " + CLONED),
+                host.adapter_file_input("adapter_name", extra="The training adapter that is merged into the model."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=MAX_STRENGTH, step=0.01,
+                               tooltip=(f"The strength it was merged at (0 to {MAX_STRENGTH:g}; 1 for a plain "
+                                        "merge); it is applied at −strength.")),
                 io.Boolean.Input("verify", default=True,
-                                 tooltip="Check on the model's weights that +strength then −strength restores them."),
+                                 tooltip=("Check on the model's weights that +strength then −strength restores them "
+                                          "(the largest deviation goes in the report); one extra pass over the "
+                                          "patched weights.")),
             ],
-            outputs=[io.Model.Output(display_name="MODEL"), io.String.Output(display_name="report")],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="The model with the adapter cancelled: " + MODEL_OUT),
+                     io.String.Output(display_name="report",
+                                      tooltip=REPORT_OUT + " With verify on: how closely the inversion restores.")],
         )
 
     @classmethod

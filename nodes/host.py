@@ -12,22 +12,45 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+import comfy.lora
 import comfy.model_management
 import comfy.weight_adapter
 import folder_paths
-from comfy_api.latest import ui
+from comfy_api.latest import io, ui
 
 from ..sda_core.adapters import (AdapterError, AdapterFileMissing, AdapterModule, LoadedAdapter, ModelLayout,
                                  check_finite_delta, load_adapter, resolve_in_folder)
+from ..sda_core.adapters.arch import is_zimage
 from ..sda_core.diversity.lpips_pairs import PairwiseLPIPS
+from ..sda_core.step_strengths import ScheduledWeight
 from ..sda_core.diversity.weights import load_lpips
 
 MODEL_PREFIX = "diffusion_model."
+NONE = "None"
 
 
 def lora_names() -> list[str]:
     """The combo options of every adapter widget: ComfyUI's `loras` folder(s)."""
     return folder_paths.get_filename_list("loras")
+
+
+ADAPTER_FILE = "adapter file"
+ADAPTER_FILE_TOOLTIP = ("An adapter file in models/loras (.safetensors: LoRA, LoKr or LoHa, in the key names of "
+                        "ComfyUI, diffusers, kohya, LyCORIS or ai-toolkit); the report says what it placed.")
+
+
+def adapter_file_input(id: str, *, number: int | None = None, extra: str = "", none_option: bool = False,
+                       optional: bool = False) -> io.Combo.Input:
+    """The widget that picks a file in models/loras: one display name and wording on every node.
+
+    Its input id stays what each node always called it (saved workflows hold the ids); only the name shown
+    and the tooltip are shared.
+    """
+    options = ([NONE] if none_option else []) + lora_names()
+    label = ADAPTER_FILE if number is None else f"{ADAPTER_FILE} {number}"
+    tooltip = ADAPTER_FILE_TOOLTIP + (f" {extra}" if extra else "") + (" None: no adapter." if none_option else "")
+    return io.Combo.Input(id, options=options, display_name=label, tooltip=tooltip, optional=optional,
+                          **({"default": NONE} if none_option else {}))
 
 
 def lora_path(name: str, widget: str = "lora_name") -> str:
@@ -46,18 +69,53 @@ def lora_path(name: str, widget: str = "lora_name") -> str:
 
 
 def model_layout(model) -> ModelLayout:
-    """The diffusion model's own parameter names and shapes, plus the row split of fused q/k/v."""
+    """The diffusion model's parameter names and shapes, its architecture, and where adapter keys land.
+
+    Z-Image keeps the pack's own map (from the shapes, plus the q/k/v row split of its fused qkv); every other
+    architecture gets ComfyUI's key map (comfy.lora.model_lora_keys_unet, slice targets included) as a plain
+    dict, so sda_core places each key exactly where ComfyUI's own LoRA loader would.
+    """
     diffusion_model = model.model.diffusion_model
     shapes = {k: tuple(v.shape) for k, v in diffusion_model.state_dict().items()}
     config = getattr(model.model, "model_config", None)
-    unet = getattr(config, "unet_config", {}) or {}
-    qkv_rows = None
-    dim, heads = unet.get("dim"), unet.get("n_heads")
-    if dim and heads:
-        head_dim = dim // heads
-        kv = (unet.get("n_kv_heads") or heads) * head_dim
-        qkv_rows = (heads * head_dim, kv, kv)
-    return ModelLayout(shapes=shapes, qkv_rows=qkv_rows)
+    arch, family = type(config).__name__ if config is not None else None, type(model.model).__name__
+    if is_zimage(shapes):
+        unet = getattr(config, "unet_config", {}) or {}
+        qkv_rows = None
+        dim, heads = unet.get("dim"), unet.get("n_heads")
+        if dim and heads:
+            head_dim = dim // heads
+            kv = (unet.get("n_kv_heads") or heads) * head_dim
+            qkv_rows = (heads * head_dim, kv, kv)
+        return ModelLayout(shapes=shapes, qkv_rows=qkv_rows, arch=arch, family=family)
+    key_map, skipped = comfy_key_map(model)
+    return ModelLayout(shapes=shapes, key_map=key_map, key_map_skipped=skipped, arch=arch, family=family)
+
+
+def comfy_key_map(model) -> tuple[dict[str, tuple[str, tuple[int, int] | None]], dict[str, str]]:
+    """ComfyUI's LoRA key map for the diffusion model as plain data: ({file module name: (parameter, rows or
+    None)}, {name: why it is not placed}).
+
+    Parameters lose their `diffusion_model.` prefix. Targets ComfyUI transforms with a function (Flux's and
+    SD3's final modulation, whose scale and shift halves it swaps) or slices along another dimension than the
+    rows are listed with the reason instead of being placed differently from ComfyUI.
+    """
+    out: dict[str, tuple[str, tuple[int, int] | None]] = {}
+    skipped: dict[str, str] = {}
+    for name, target in comfy.lora.model_lora_keys_unet(model.model, {}).items():
+        rows = None
+        if isinstance(target, tuple):
+            if len(target) != 2 or target[1] is None or len(target[1]) != 3:
+                skipped[name] = "ComfyUI transforms this layer's change (e.g. swaps scale and shift); not supported here"
+                continue
+            target, (dim, start, length) = target
+            if dim != 0:
+                skipped[name] = f"ComfyUI slices this layer along dimension {dim}; not supported here"
+                continue
+            rows = (int(start), int(length))
+        if isinstance(target, str) and target.startswith(MODEL_PREFIX) and target.endswith(".weight"):
+            out[name] = (target[len(MODEL_PREFIX):], rows)
+    return out, skipped
 
 
 _CACHE: "OrderedDict[tuple, LoadedAdapter]" = OrderedDict()
@@ -69,7 +127,9 @@ def load_for_model(model, name: str, widget: str = "lora_name") -> LoadedAdapter
     path = lora_path(name, widget)
     layout = model_layout(model)
     stat = os.stat(path)
-    key = (path, stat.st_mtime_ns, stat.st_size, hash(tuple(sorted(layout.shapes.items()))), layout.qkv_rows)
+    key = (path, stat.st_mtime_ns, stat.st_size, hash(tuple(sorted(layout.shapes.items()))), layout.qkv_rows,
+           layout.arch, layout.family, hash(tuple(sorted((layout.key_map or {}).items()))),
+           hash(tuple(sorted(layout.key_map_skipped.items()))))
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -135,6 +195,19 @@ def apply_adapters(model, entries: Sequence[tuple[LoadedAdapter, float]]):
     for loaded, strength in entries:
         add_adapter(patched, loaded, strength)
     return patched
+
+
+def add_switched_weights(model, loaded: LoadedAdapter, state) -> None:
+    """`loaded` on `model` (a clone) as weight wrappers whose strength is read from `state.value` at each use.
+
+    One wrapper per patched weight, holding every region (q/k/v row slices) of it: the adapter is on, off or
+    scaled per model call without touching the stored weights (Strength by Step, the training assistant).
+    """
+    regions: dict[str, list] = {}
+    for target, module in loaded.placements:
+        regions.setdefault(MODEL_PREFIX + target.param, []).append((target.rows, module))
+    for key, key_regions in regions.items():
+        model.add_weight_wrapper(key, ScheduledWeight(key_regions, state))
 
 
 def original_weights(model) -> Callable[[str], torch.Tensor]:

@@ -3,21 +3,34 @@ from the current sigma before every model call, so it is on exactly in the steps
 sampling ends (ComfyUI removes weight wrappers with the patcher that carries them)."""
 from __future__ import annotations
 
+import inspect
 import uuid
 
 import comfy.patcher_extension
 from comfy_api.latest import io, ui
 
-from ..sda_core.step_strengths import ScheduledWeight, StepStrength, parse_step_strengths, resolve, window_strengths
+from ..sda_core.step_strengths import StepStrength, parse_step_strengths, resolve, window_strengths
+from ..sda_core.stack import MAX_STRENGTH
 from . import host
 
 CATEGORY = "SDA"
 REPORT_STEPS = 8
 
 
+def _transformer_options(executor, x, t, args, kwargs) -> dict:
+    """The call's transformer_options, found by parameter name in the wrapped apply_model's signature."""
+    if "transformer_options" in kwargs:
+        return kwargs["transformer_options"] or {}
+    try:
+        bound = inspect.signature(executor.original).bind_partial(x, t, *args, **kwargs)
+    except (AttributeError, TypeError, ValueError):
+        return {}
+    return bound.arguments.get("transformer_options") or {}
+
+
 def _apply_model_wrapper(state: StepStrength):
     def wrapper(executor, x, t, *args, **kwargs):
-        options = kwargs.get("transformer_options") or (args[3] if len(args) > 3 else {}) or {}
+        options = _transformer_options(executor, x, t, args, kwargs)
         state.update(float(t.flatten()[0]), options.get("sample_sigmas"))
         return executor(x, t, *args, **kwargs)
 
@@ -29,22 +42,37 @@ class SDAScheduledAdapter(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SDAScheduledAdapter",
-            display_name="Adapter Strength by Step",
+            display_name="SDA Adapter Strength by Step",
             category=CATEGORY,
             description=("Apply an adapter with a strength per sampling step (e.g. the SDA LoKr on the first, "
                          "composition-setting steps only). Adds on top of any adapters the model already carries."),
             inputs=[
-                io.Model.Input("model"),
-                io.Combo.Input("lora_name", options=host.lora_names(), tooltip="A file in models/loras."),
-                io.Float.Input("strength", default=1.0, min=-2.0, max=2.0, step=0.01),
+                io.Model.Input("model", tooltip=("The model to carry the adapter; it may already carry others. It is "
+                                                 "cloned: the input MODEL itself is never changed.")),
+                host.adapter_file_input("lora_name", extra="Usually the SDA LoKr, on the early steps."),
+                io.Float.Input("strength", default=1.0, min=-MAX_STRENGTH, max=MAX_STRENGTH, step=0.01,
+                               tooltip=(f"Overall multiplier (−{MAX_STRENGTH:g} to {MAX_STRENGTH:g}), times the "
+                                        "step's value; 1 is the strength the adapter was trained at.")),
                 io.String.Input("step_strengths", default="",
-                                tooltip="A multiplier per sampling step, e.g. 1,1,1,0.5,0,0,0,0. Empty: use the window. "
-                                        "A shorter list holds its last value."),
+                                tooltip=("A multiplier per sampling step, e.g. 1,1,1,0.5,0,0,0,0, each from "
+                                         f"−{MAX_STRENGTH:g} to {MAX_STRENGTH:g}. Empty: use the window below. A "
+                                         "shorter list holds its last value.")),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="With step_strengths empty: the adapter is on for steps i with start ≤ i/steps < end."),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01),
+                               tooltip=("With step_strengths empty: the fraction of the steps where the adapter "
+                                        "turns on; it is on for steps i with start ≤ i/steps < end (0 = from the "
+                                        "first step).")),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip=("With step_strengths empty: the fraction of the steps where the adapter "
+                                        "turns off (1 = on to the last step; 0.25 of 8 steps = the first 2).")),
             ],
-            outputs=[io.Model.Output(display_name="MODEL"), io.String.Output(display_name="report")],
+            outputs=[
+                io.Model.Output(display_name="MODEL",
+                                tooltip=("The model carrying the adapter as weight wrappers switched per step while "
+                                         "sampling; the stored weights are never changed.")),
+                io.String.Output(display_name="report",
+                                 tooltip=("The strength per step for an example step count, how other step counts "
+                                          "are treated, and the file's report.")),
+            ],
         )
 
     @classmethod
@@ -60,11 +88,7 @@ class SDAScheduledAdapter(io.ComfyNode):
 
         state = StepStrength(strength, schedule_for)
         patched = model.clone()
-        regions: dict[str, list] = {}
-        for target, module in loaded.placements:
-            regions.setdefault(host.MODEL_PREFIX + target.param, []).append((target.rows, module))
-        for key, key_regions in regions.items():
-            patched.add_weight_wrapper(key, ScheduledWeight(key_regions, state))
+        host.add_switched_weights(patched, loaded, state)
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL,
                                      f"sda_scheduled_{uuid.uuid4().hex}", _apply_model_wrapper(state))
         example = schedule_for(max(REPORT_STEPS, len(values or [])))

@@ -245,6 +245,64 @@ to take; edit step_strengths (one multiplier per step, e.g. 1,1,1,0.5,0,0,0,0) t
     return f
 
 
+@workflow
+def diversity_methods_compared() -> Flow:
+    f = _flow("diversity_methods_compared", f"""
+Adapter, in `models/loras/`: the SDA LoKr, here `{SDA_LOKR}` (rename to match your file).
+Optional, in `models/diffusion_models/`: the base (non-distilled) Z-Image, `{TEACHER}`, for the last row.
+LPIPS needs torchvision's AlexNet weights: downloaded on first use, or put `alexnet-owt-7be5be79.pth`
+into `models/lpips/` on an offline machine.
+
+## Use
+One prompt, the same 16 seeds, six ways to get varied seeds out of Z-Image-Turbo, scored side by side in
+one *Diversity Compare* table (row 1 is the baseline; the second Note says what each row is).
+Where the files go: the grids show on their nodes and save nothing; the comparison image is saved as
+`ComfyUI/output/diversity_methods_00001_.png` (…2, …3 on later runs) and the table shows on the canvas.
+""")
+    _loaders_and_prompt(f)
+    f.add("rows", "Note", title="The rows", text=f"""\
+1. Baseline: Z-Image-Turbo as it is (8 steps, cfg 1).
+2. + SDA LoKr on every step (`{SDA_LOKR}` in models/loras).
+3. + SDA LoKr on the first 2 steps only (Adapter Strength by Step).
+4. + Conditioning Noise: the prompt embedding noised on the first 2 steps, a different draw per seed.
+5. + Condition Annealing (CADS, Sadat et al. 2024): the prompt embedding noised early, annealed away.
+6. + the base Z-Image on the first step with cfg 4 (Gandikota & Bau 2025). Muted: put `{TEACHER}` in
+   models/diffusion_models, select the three muted nodes and unmute them (Ctrl+M).
+
+Read avg LPIPS / Vendi (diversity) next to sharpness relative to the baseline: a method that buys diversity
+by blurring, or by leaving the prompt, shows it there.
+""")
+    f.add("shift", "ModelSamplingAuraFlow", model=Out("unet"), shift=3.0)
+    f.add("lokr", "SDALoKrLoader", title="+ SDA LoKr", model=Out("shift"), lokr_name=SDA_LOKR, strength=1.0)
+    f.add("early2", "SDAScheduledAdapter", title="+ SDA on the first 2 steps", model=Out("shift"),
+          lora_name=SDA_LOKR, strength=1.0, step_strengths="1,1,0,0,0,0,0,0", start_percent=0.0, end_percent=1.0)
+    f.add("noise", "SDAConditioningNoise", title="+ conditioning noise", model=Out("shift"), strength=0.2,
+          start_percent=0.0, end_percent=0.25, protect_tokens=0)
+    f.add("cads", "SDAConditionAnnealing", title="+ CADS", model=Out("shift"), tau1=0.6, tau2=0.9,
+          noise_scale=0.25, psi=1.0)
+    f.add("base_unet", "UNETLoader", title="Base Z-Image (optional, muted)", mode=2, unet_name=TEACHER,
+          weight_dtype="default")
+    f.add("base_shift", "ModelSamplingAuraFlow", title="Base shift (muted)", mode=2, model=Out("base_unet"), shift=3.0)
+    f.add("by_step", "SDAModelByStep", title="+ base model on the first step (muted)", mode=2, model=Out("shift"),
+          model_early=Out("base_shift"), cfg_early=4.0, start_percent=0.0, end_percent=0.125)
+    grid = dict(positive=Out("positive"), negative=Out("negative"), vae=Out("vae"), width=1024, height=1024,
+                seed=0, num_seeds=16, seed_list="", batch_size=4, lpips_net="alex", lpips_size="short side 256",
+                **SAMPLING)
+    rows = [("grid_base", "Baseline: Z-Image-Turbo", "shift", "Turbo", 0),
+            ("grid_sda", "+ SDA LoKr", "lokr", "+ SDA", 0),
+            ("grid_sda2", "+ SDA on the first 2 steps", "early2", "+ SDA steps 1-2", 0),
+            ("grid_noise", "+ conditioning noise", "noise", "+ cond. noise", 0),
+            ("grid_cads", "+ CADS", "cads", "+ CADS", 0),
+            ("grid_base_step", "+ base model on step 1 (muted)", "by_step", "+ base step 1", 2)]
+    for key, title, model, label, mode in rows:
+        f.add(key, "SDASeedDiversityGrid", title=title, mode=mode, model=Out(model), label=label, **grid)
+    results = {f"result_{k}": Out(key, "result") for k, (key, *_rest) in enumerate(rows, start=1)}
+    f.add("compare", "SDADiversityCompare", **results, baseline="1", teacher="none")
+    f.add("table", "PreviewAny", title="Diversity table", source=Out("compare", "table"))
+    f.add("save", "SaveImage", images=Out("compare", "image"), filename_prefix="diversity_methods")
+    return f
+
+
 TRAINING_PROMPTS = "\n".join([
     "A street musician playing a violin in a rainy city square at dusk, cinematic photo.",
     "A red fox crossing a snowy forest clearing, morning light, wildlife photography.",

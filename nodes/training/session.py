@@ -14,7 +14,6 @@ import comfy.model_management as mm
 import comfy.patcher_extension
 
 from ...sda_core.adapters import LoadedAdapter, Target
-from ...sda_core.step_strengths import ScheduledWeight
 from ...sda_core.training import LoKrSet, SDAConfig, SDAModels, SlicedLoKr, flow_sigmas
 from ...sda_core.training.grad_checkpoint import Switches, checkpoint_blocks
 from ...sda_core.training.rope import with_rotation_backward
@@ -165,11 +164,7 @@ class AssistantSwitch:
 
 def attach_assistant(model, loaded: LoadedAdapter) -> AssistantSwitch:
     switch = AssistantSwitch()
-    regions: dict[str, list] = {}
-    for target, module in loaded.placements:
-        regions.setdefault(host.MODEL_PREFIX + target.param, []).append((target.rows, module))
-    for key, key_regions in regions.items():
-        model.add_weight_wrapper(key, ScheduledWeight(key_regions, switch))
+    host.add_switched_weights(model, loaded, switch)
     return switch
 
 

@@ -66,9 +66,38 @@ def guess_architecture(keys: Iterable[str], tensors: Mapping[str, torch.Tensor] 
     return None
 
 
+# Which host model classes (ComfyUI's comfy.model_base names) each guess above stands for.
+GUESS_FAMILIES: dict[str, frozenset[str]] = {
+    "HiDream": frozenset({"HiDream"}),
+    "HunyuanVideo": frozenset({"HunyuanVideo", "HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V"}),
+    "Flux": frozenset({"Flux", "FluxInpaint"}),
+    "Qwen-Image": frozenset({"QwenImage"}),
+    "SD3": frozenset({"SD3"}),
+    "Wan": frozenset({"WAN21", "WAN22"}),
+    "SDXL (UNet)": frozenset({"SDXL", "SDXLRefiner", "SSD1B"}),
+    "SD1.x (UNet)": frozenset({"BaseModel"}),
+    "SD2.x (UNet)": frozenset({"BaseModel", "SD21UNCLIP"}),
+    "SD1.x/SDXL (UNet)": frozenset({"BaseModel", "SDXL", "SDXLRefiner", "SSD1B"}),
+    "an MMDiT (SD3 or Flux)": frozenset({"SD3", "Flux", "FluxInpaint"}),
+    "Lumina 2 / Z-Image (of another size)": frozenset({"Lumina2"}),
+}
+
+
+def same_family(guess: str | None, family: str | None) -> bool:
+    """Whether the guessed adapter architecture is the model's own (so zero matches means unread names)."""
+    return bool(guess and family and family in GUESS_FAMILIES.get(guess, ()))
+
+
+def is_zimage(shapes) -> bool:
+    """ComfyUI's NextDiT with Z-Image's fused attention.qkv and caption embedder."""
+    return (any(re.fullmatch(r"layers\.\d+\.attention\.qkv\.weight", k) for k in shapes)
+            and "cap_embedder.1.weight" in shapes)
+
+
 def describe_layout(layout: ModelLayout) -> str:
     """A short name for the model a layout belongs to, for messages."""
-    shapes = layout.shapes
-    if any(re.fullmatch(r"layers\.\d+\.attention\.qkv\.weight", k) for k in shapes) and "cap_embedder.1.weight" in shapes:
+    if is_zimage(layout.shapes):
         return "Z-Image"
+    if layout.arch:
+        return layout.arch if not layout.family or layout.family in layout.arch else f"{layout.arch} ({layout.family})"
     return "this model"

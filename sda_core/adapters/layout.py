@@ -1,13 +1,17 @@
 """The model side of placement: which module names land on which parameter (or row slice of one).
 
-Built from the model's own parameter shapes, never from ComfyUI's key map, so mapping does not depend on
+Z-Image keeps the pack's own map, built from the model's parameter shapes, so its mapping does not depend on
 the ComfyUI version (0.3.75 ignores `transformer.` keys, 0.8.0 maps them). Z-Image (ComfyUI's NextDiT)
 fuses q, k and v into one `attention.qkv` weight; diffusers-style files name them apart, so `to_q`,
 `to_k`, `to_v` become row slices of the fused weight.
+
+Every other architecture is placed through the host's key map (ComfyUI's own, handed over by the nodes as a
+plain dict: file module name -> parameter, or a row slice of one), so each file ComfyUI's loader applies
+lands exactly where ComfyUI puts it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 
@@ -17,6 +21,12 @@ class ModelLayout:
 
     shapes: Mapping[str, tuple[int, ...]]
     qkv_rows: tuple[int, int, int] | None = None  # (q, k, v) rows of every attention.qkv; None -> equal thirds
+    # The host's key map, when it places this model's keys: file module name (with the file's own prefix) ->
+    # (parameter, (start, length) rows or None). None: the pack's own map from the shapes (Z-Image).
+    key_map: Mapping[str, tuple[str, tuple[int, int] | None]] | None = None
+    key_map_skipped: Mapping[str, str] = field(default_factory=dict)  # names the host maps but we do not: why
+    arch: str | None = None  # the model's architecture as the host names it (e.g. "FluxSchnell"), for messages
+    family: str | None = None  # the host's model class (e.g. "Flux"), to tell "wrong model" from "unread names"
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,24 @@ def module_targets(layout: ModelLayout) -> dict[str, Target]:
                 aliases[theirs] = target
     for name, target in aliases.items():
         table.setdefault(name, target)  # the model's own names win over an alias
+    return table
+
+
+def key_map_targets(layout: ModelLayout) -> dict[str, Target]:
+    """The host's key map as Targets; names of parameters the model does not have (or that are no matrix) dropped."""
+    table: dict[str, Target] = {}
+    for name, (param, rows) in (layout.key_map or {}).items():
+        shape = layout.shapes.get(param)
+        if shape is None or len(shape) < 2:
+            continue
+        shape = tuple(int(s) for s in shape)
+        if rows is None:
+            table[name] = Target(param, None, shape)
+            continue
+        start, length = int(rows[0]), int(rows[1])
+        if start < 0 or length < 1 or start + length > shape[0]:
+            raise ValueError(f"key map: {name} -> rows {start}:{start + length} of {param}, which has {shape[0]} rows")
+        table[name] = Target(param, (start, length), (length,) + shape[1:])
     return table
 
 

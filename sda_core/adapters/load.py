@@ -12,11 +12,11 @@ from typing import Mapping
 import torch
 
 from .algorithms import MODULE_TYPES, AdapterModule, FactorError, LoRAModule, _fmt, algorithm_of, fits
-from .arch import describe_layout, guess_architecture
+from .arch import describe_layout, guess_architecture, same_family
 from .errors import AdapterError
 from .file_reading import check_finite, read_safetensors
 from .keys import UNSUPPORTED, group_keys, is_text_encoder, strip_prefix
-from .layout import ModelLayout, Target, module_targets, underscore_names
+from .layout import ModelLayout, Target, key_map_targets, module_targets, underscore_names
 from .loaded import LoadedAdapter
 from .metadata import peft_config
 
@@ -55,8 +55,9 @@ def load_adapter(source: str | os.PathLike | Mapping[str, torch.Tensor], layout:
         raise AdapterError(f"{label}: the file holds no tensors, so it is no adapter")
 
     model_name = describe_layout(layout)
-    targets = module_targets(layout)
-    underscored = underscore_names(targets)
+    host_map = layout.key_map is not None
+    targets = key_map_targets(layout) if host_map else module_targets(layout)
+    underscored = {} if host_map else underscore_names(targets)
     peft = peft_config(meta, label)
     groups, unknown = group_keys(tensors)
 
@@ -77,10 +78,16 @@ def load_adapter(source: str | os.PathLike | Mapping[str, torch.Tensor], layout:
         if is_text_encoder(source_name):
             skip(source_name, "text encoder (only the diffusion model is patched)")
             continue
-        dotted = underscored.get(name.lower()) if is_underscored else name
-        target = targets.get(dotted) if dotted else None
+        if host_map and source_name in layout.key_map_skipped:
+            skip(source_name, layout.key_map_skipped[source_name])
+            continue
+        if host_map:  # ComfyUI's key map holds the names with their prefixes, as files spell them
+            dotted, target = name, targets.get(source_name)
+        else:
+            dotted = underscored.get(name.lower()) if is_underscored else name
+            target = targets.get(dotted) if dotted else None
         if target is None:
-            skip(source_name, f"no such layer in {model_name}")
+            skip(source_name, f"not a name ComfyUI maps for {model_name}" if host_map else f"no such layer in {model_name}")
             continue
         unsupported = sorted({UNSUPPORTED[r] for r in group.tensors if r in UNSUPPORTED})
         if unsupported:
@@ -118,10 +125,15 @@ def load_adapter(source: str | os.PathLike | Mapping[str, torch.Tensor], layout:
     if not placements:
         arch = guess_architecture(tensors.keys(), tensors)
         n = len(groups) + len(unknown)
-        if arch:
+        sample = ", ".join(list(groups)[:3] or unknown[:3])
+        if same_family(arch, layout.family):
+            mapper = "ComfyUI's key map" if host_map else "this pack"
+            why = (f"its names look like {arch}, which {model_name} is, but none of them is a name {mapper} places "
+                   f"on it (they look like: {sample}), so they come from a key format or model variant neither "
+                   "ComfyUI's LoRA loader nor this pack reads")
+        elif arch:
             why = f"it looks like an adapter for {arch}, not for {model_name}"
         else:
-            sample = ", ".join(list(groups)[:3] or unknown[:3])
             why = f"its module names look like: {sample}"
         detail = sorted(Counter(reasons.values()).items(), key=lambda kv: -kv[1])
         counts = "; ".join(f"{c} × {r}" for r, c in detail[:3])

@@ -80,7 +80,11 @@ class LoadedAdapter:
         sliced = sum(1 for t, _ in self.placements if t.rows is not None)
         patched = f"patches {len(self.patched_params)} layers of {self.model_name}"
         if sliced:
-            patched += f" ({sliced} modules land on q/k/v row slices of a fused attention.qkv)"
+            fused = {t.param for t, _ in self.placements if t.rows is not None}
+            if all(p.endswith("attention.qkv.weight") for p in fused):
+                patched += f" ({sliced} modules land on q/k/v row slices of a fused attention.qkv)"
+            else:
+                patched += f" ({sliced} modules land on row slices of fused weights, as ComfyUI maps them)"
         lines.append("  " + patched)
         if self.unplaced:
             shown = [f"{name} ({self.unplaced_reasons[name]})" if name in self.unplaced_reasons else name

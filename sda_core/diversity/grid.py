@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .images import validate_images
+from .palette import BACKGROUND, FRAME, MUTED, TEXT, VIRIDIS
 from .text import MIN_PX, draw_lines, draw_text, line_height, text_width, wrap
 
 __all__ = [
@@ -28,13 +29,6 @@ __all__ = [
     "compose_rows",
 ]
 
-BACKGROUND = (24, 24, 24)
-TEXT = (235, 235, 235)
-MUTED = (150, 150, 150)
-# Five anchor colours of the viridis scale (perceptually ordered, colour-blind safe).
-VIRIDIS = np.array(
-    [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], dtype=np.float64
-)
 
 
 def font_px_for(size: int, fraction: float = 0.055, max_px: int = 64) -> int:
@@ -196,7 +190,7 @@ def draw_heatmap(
     for i in range(n):
         for j in range(n):
             y, x = grid_y + i * cell, grid_x + j * cell
-            pixels[y : y + cell - 1, x : x + cell - 1] = (90, 90, 90) if i == j else colours[i, j]
+            pixels[y : y + cell - 1, x : x + cell - 1] = FRAME if i == j else colours[i, j]
     bar_x, bar_h = grid_x + n * cell + 2 * pad, n * cell
     ramp = colormap(np.linspace(1.0, 0.0, bar_h))
     pixels[grid_y : grid_y + bar_h, bar_x : bar_x + bar_w] = ramp[:, None, :]

@@ -1,7 +1,7 @@
 """The ranges the grid and compare nodes accept, in one place: the widgets and the headless CLI check the same."""
 from __future__ import annotations
 
-MIN_ROWS, MAX_ROWS = 2, 4  # results one Diversity Compare takes
+MIN_ROWS, MAX_ROWS = 2, 8  # results one Diversity Compare takes
 SIZE = (64, 4096)  # width and height in pixels
 NUM_SEEDS = (2, 256)
 STEPS = (1, 200)

@@ -129,8 +129,12 @@ def _side_text(row: dict[str, Any]) -> list[str]:
     if row["sharpness_rel"] is not None and row["role"] != "baseline":
         sharp += f" (×{row['sharpness_rel']:.2f} baseline)"
     lines += [sharp, f"Vendi {row['vendi']:.2f}"]
+    if row.get("clip_score") is not None:
+        lines.append(f"CLIP score {row['clip_score']:.1f}")
     if row["recovery"] is not None:
         lines.append(f"recovery {row['recovery'].text() if row['recovery'].value is not None else 'n/a'}")
+    if row.get("seconds_per_image") is not None:
+        lines.append(f"{row['seconds_per_image']:.3g} s / image")
     return lines
 
 

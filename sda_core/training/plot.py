@@ -15,14 +15,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..diversity.palette import BACKGROUND, FRAME, MUTED, TEXT
 from ..diversity.text import draw_text, line_height, text_width
 
 __all__ = ["CURVES", "draw_loss_curves", "ema", "summarize"]
 
-BACKGROUND = (24, 24, 24)
-FRAME = (90, 90, 90)
-TEXT = (235, 235, 235)
-MUTED = (150, 150, 150)
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 CURVES = {
     "total": ("total loss", (240, 240, 240)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sda_core.adapters import LoadedAdapter, ModelLayout, Target, load_adapter, module_targets
+from sda_core.adapters import AdapterError, LoadedAdapter, ModelLayout, Target, load_adapter, module_targets
 from sdatest.adapter_files import (diffusers_lora_metadata, write_loha, write_lora, write_sda_lokr,
                                    zimage_layout)
 
@@ -251,3 +251,43 @@ def test_suffix_and_prefix_variants(down, up, fmt):
     (target, module), = loaded.placements
     assert target == Target(QKV, (512, 256), (256, 256))
     assert module.name == "layers.0.attention.to_v" and module.algo == "lora" and loaded.format == fmt
+
+
+def test_host_key_map_places_names_and_row_slices_as_given():
+    """Other architectures: the nodes hand over ComfyUI's key map as a plain dict; names land exactly there."""
+    shapes = {"blocks.0.qkv.weight": (12, 4), "blocks.0.proj.weight": (4, 4), "blocks.0.norm.weight": (4,),
+              "final.mod.weight": (8, 4)}
+    key_map = {"transformer.blocks.0.attn.to_q": ("blocks.0.qkv.weight", (0, 4)),
+               "transformer.blocks.0.attn.to_v": ("blocks.0.qkv.weight", (8, 4)),
+               "lora_unet_blocks_0_proj": ("blocks.0.proj.weight", None),
+               "transformer.blocks.0.norm": ("blocks.0.norm.weight", None)}
+    layout = ModelLayout(shapes, key_map=key_map, key_map_skipped={"transformer.norm_out.linear": "swapped halves"},
+                         arch="TinyDiT", family="Tiny")
+    sd = {f"{name}.{ab}": t for name, (out, inp) in [("transformer.blocks.0.attn.to_q", (4, 4)),
+                                                      ("transformer.blocks.0.attn.to_v", (4, 4)),
+                                                      ("lora_unet_blocks_0_proj", (4, 4)),
+                                                      ("transformer.norm_out.linear", (8, 4)),
+                                                      ("transformer.blocks.0.ff", (4, 4))]
+          for ab, t in [("lora_A.weight", torch.ones(2, inp)), ("lora_B.weight", torch.ones(out, 2))]}
+    loaded = load_adapter(sd, layout, label="tiny.safetensors")
+    where = {m.name: (t.param, t.rows) for t, m in loaded.placements}
+    assert where == {"blocks.0.attn.to_q": ("blocks.0.qkv.weight", (0, 4)),
+                     "blocks.0.attn.to_v": ("blocks.0.qkv.weight", (8, 4)),
+                     "blocks_0_proj": ("blocks.0.proj.weight", None)}
+    assert loaded.unplaced_reasons == {"transformer.norm_out.linear": "swapped halves",
+                                       "transformer.blocks.0.ff": "not a name ComfyUI maps for TinyDiT"}
+    assert "patches 2 layers of TinyDiT" in loaded.report()
+
+
+def test_zero_matches_on_the_adapters_own_architecture_says_the_names_are_unread():
+    layout = ModelLayout({"double_blocks.0.img_attn.qkv.weight": (12, 4)}, key_map={}, arch="FluxSchnell", family="Flux")
+    sd = {"model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.ones(2, 4),
+          "model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.ones(12, 2)}
+    with pytest.raises(AdapterError) as info:
+        load_adapter(sd, layout, label="flux.safetensors")
+    message = str(info.value)
+    assert "its names look like Flux, which FluxSchnell is, but none of them is a name ComfyUI's key map places" in message
+    assert "not for FluxSchnell" not in message
+    other = ModelLayout({"input_blocks.0.0.weight": (4, 4, 3, 3)}, key_map={}, arch="SDXL", family="SDXL")
+    with pytest.raises(AdapterError, match="it looks like an adapter for Flux, not for SDXL"):
+        load_adapter(sd, other, label="flux.safetensors")

@@ -7,8 +7,8 @@ import torch
 from PIL import ImageFont
 
 from sda_core.diversity import text
+from sda_core.diversity.palette import BACKGROUND
 from sda_core.diversity.grid import (
-    BACKGROUND,
     GridLayout,
     colormap,
     compose_rows,

@@ -98,6 +98,8 @@ def test_compare_rows_in_order_with_recovery(comfy, lpips_weights, lokr):
     line = next(line for line in table.splitlines() if line.startswith("Recovery of sda = "))
     if gap > threshold:
         assert line.endswith(f"= {(sda['avg_lpips'] - base['avg_lpips']) / gap * 100:.1f} %")
+    elif gap <= 0:
+        assert "= n/a (the teacher (" in line and "is not more diverse than the baseline" in line
     else:  # tiny random models: the LoKr barely changes diversity
         assert f"= n/a (teacher - baseline = {gap:.3g} is within the scores' noise (threshold {threshold:.3g}))" in line
     image = registry.take("image")
@@ -184,3 +186,24 @@ def test_compare_warns_when_rows_differ_in_seeds_and_gives_no_recovery_inside_th
     assert "Warning: rows use different seeds (turbo: 1, 2, 3; same: 1, 2, 3; teacher: 4, 5, 6)" in table
     recovery_line = next(line for line in table.splitlines() if line.startswith("Recovery of same"))
     assert "n/a (" in recovery_line and "%" not in recovery_line  # one model, two seed sets: noise, not a gap
+
+
+def test_compare_takes_eight_results_and_a_four_result_workflow_still_runs(comfy, lpips_weights):
+    g = Graph()
+    model, pos, neg, vae = _base(g)
+    grids = [_grid(g, model, pos, neg, vae, seeds=[1, 2, 3], label=label, steps=2) for label in ("a", "b")]
+    eight = g.add("SDADiversityCompare", **{f"result_{k}": grids[(k - 1) % 2][5] for k in range(1, 9)},
+                  baseline="1", teacher="8")
+    four = g.add("SDADiversityCompare", **{f"result_{k}": grids[(k - 1) % 2][5] for k in range(1, 5)},
+                 baseline="none", teacher="4")  # as a workflow saved before result_5 … result_8 existed
+    g.add("SDATest_Capture", value=eight[1], key="eight")
+    g.add("SDATest_Capture", value=four[1], key="four")
+    comfy.run(g.prompt())
+    for key, n in (("eight", 8), ("four", 4)):
+        lines = registry.take(key).splitlines()
+        assert lines[0] == ("| model | role | avg pairwise LPIPS (diversity) | Vendi score | pixel std (magnitude) "
+                            "| sharpness (rel. to baseline) | recovery | s / image |")
+        body = lines[2:2 + n]
+        assert [line.split("|")[1].strip() for line in body] == ["a", "b"] * (n // 2)
+        assert all(float(line.split("|")[-2]) > 0 for line in body)  # seconds per image, measured by the grid
+        assert lines[2 + n] == ""

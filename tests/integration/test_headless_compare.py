@@ -37,6 +37,23 @@ def test_model_specs_parse_and_refuse_garbage():
         compare.parse_model("x:bogus=1", "u")
 
 
+def test_the_diversity_methods_are_model_spec_keys_and_their_prompt_validates(comfy, files):
+    texts = ["turbo", "noise:noise=0.3", "cads:cads=0.25", "early:early=z_image_bf16.safetensors,early_cfg=3,early_end=0.25",
+             "all:lora=cli_sda.safetensors@0.5,noise=0.1,cads=0.1,early=z_image_bf16.safetensors"]
+    models = [compare.parse_model(t, "z_image_turbo_bf16.safetensors") for t in texts]
+    assert (models[1].noise, models[2].cads, models[3].early, models[3].early_cfg, models[3].early_end) == \
+        (0.3, 0.25, "z_image_bf16.safetensors", 3.0, 0.25)
+    prompt, _, _ = compare.build_prompt(
+        "a cat", "", models, clip="qwen_3_4b.safetensors", vae="ae.safetensors", clip_type="lumina2", seeds="1,2,3",
+        num_seeds=3, seed=0, width=64, height=64, batch_size=4, baseline=1, teacher=None, prefix="m")
+    comfy.validate(prompt)
+    kinds = [node["class_type"] for node in prompt.values()]
+    assert kinds.count("SDAModelByStep") == 2 and kinds.count("SDAConditioningNoise") == 2
+    assert kinds.count("SDAConditionAnnealing") == 2 and kinds.count("UNETLoader") == 2  # one loader per file
+    with pytest.raises(compare.UsageError, match="noise=9 is outside 0.0…4.0"):
+        compare.parse_model("x:noise=9", "u")
+
+
 def test_the_summary_averages_prompts_and_gives_the_recovery_of_the_means():
     per_prompt = [{"turbo": {"avg_lpips": 0.50, "lpips_se": 0.006}, "sda": {"avg_lpips": 0.60, "lpips_se": 0.006},
                    "teacher": {"avg_lpips": 0.70, "lpips_se": 0.008}},
@@ -107,7 +124,8 @@ def test_run_writes_tables_with_means_and_recovery(comfy, files, tmp_path):
           for label in ("turbo", "teacher")}
     threshold = max(0.01, 2 * math.hypot(se["turbo"], se["teacher"]))
     assert abs(gap) < threshold  # tiny random models: two seeds of one architecture are equally diverse
-    assert summary["recovery"]["sda"] is None and "noise" in summary["recovery_reasons"]["sda"]
+    reason = "not more diverse than the baseline" if gap <= 0 else "within the scores' noise"
+    assert summary["recovery"]["sda"] is None and reason in summary["recovery_reasons"]["sda"]
     assert summary["files"] == [str(out / "table_1.md"), str(out / "table_1.json")]
     assert (out / "table.md").read_text() == "an earlier run's table"  # never overwritten
     table = (out / "table_1.md").read_text()

@@ -238,3 +238,42 @@ def write_flux_lora(path: str | os.PathLike, *, rank: int = 4, seed: int = 0, st
     else:
         raise ValueError(f"style must be 'diffusers' or 'kohya', got {style!r}")
     return _write_lowrank(path, modules, _FACTOR_SUFFIX[style], rank, seed, alpha=None)
+
+
+def write_named_adapter(path: str | os.PathLike, modules: Mapping[str, tuple[int, int]], *, algo: str = "lora",
+                        suffixes: tuple[str, str] = ("lora_A.weight", "lora_B.weight"), rank: int = 4,
+                        alpha: float | None = None, seed: int = 0, scale: float = 0.05) -> list[str]:
+    """An adapter on the given module names as a file spells them ({name: (out, in)}), any architecture.
+
+    algo "lora": `name.<down suffix>` / `name.<up suffix>` ("lora_A.weight"/"lora_B.weight" diffusers/PEFT,
+    "lora_down.weight"/"lora_up.weight" kohya/LyCORIS, "_lora.down.weight" style via suffixes without a dot:
+    give ("_lora.down.weight", "_lora.up.weight") and the name is joined without a dot);
+    "lokr": full lokr_w1 ⊗ lokr_w2 (LyCORIS's full-rank form); "lokr_lowrank": lokr_w1 ⊗ (lokr_w2_a @ lokr_w2_b).
+    `alpha` writes `.alpha` tensors.
+    """
+    from lycoris.functional.general import factorization
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+
+    def key(name: str, suffix: str) -> str:
+        return name + suffix if suffix.startswith("_") else f"{name}.{suffix}"
+
+    for name, (out_dim, in_dim) in modules.items():
+        if algo == "lora":
+            tensors[key(name, suffixes[0])] = torch.randn(rank, in_dim, generator=gen) / math.sqrt(rank)
+            tensors[key(name, suffixes[1])] = torch.randn(out_dim, rank, generator=gen) * scale
+        elif algo in ("lokr", "lokr_lowrank"):
+            out_l, out_k = factorization(out_dim, 4)
+            in_m, in_n = factorization(in_dim, 4)
+            tensors[f"{name}.lokr_w1"] = torch.randn(out_l, in_m, generator=gen)
+            if algo == "lokr":
+                tensors[f"{name}.lokr_w2"] = torch.randn(out_k, in_n, generator=gen) * scale
+            else:
+                tensors[f"{name}.lokr_w2_a"] = torch.randn(out_k, rank, generator=gen) * math.sqrt(scale)
+                tensors[f"{name}.lokr_w2_b"] = torch.randn(rank, in_n, generator=gen) * math.sqrt(scale)
+        else:
+            raise ValueError(f"algo must be lora, lokr or lokr_lowrank, got {algo!r}")
+        if alpha is not None:
+            tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return _save(path, tensors, None, torch.float32)

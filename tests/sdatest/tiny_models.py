@@ -53,16 +53,16 @@ def tiny_zimage(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
-def tiny_vae(seed: int = 0):
-    """ComfyUI's AutoencoderKL at a few channels, 16 latent channels like Z-Image's (Flux) VAE."""
+def tiny_vae(seed: int = 0, channels: int = 16):
+    """ComfyUI's AutoencoderKL at a few channels, 16 latent channels like Z-Image's (Flux) VAE (4: SDXL's)."""
     import comfy.sd
 
     ddconfig = {
-        "double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+        "double_z": True, "z_channels": channels, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
         "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
     }
-    vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": ddconfig, "embed_dim": 16}})
-    vae.latent_channels = 16
+    vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": ddconfig, "embed_dim": channels}})
+    vae.latent_channels = channels
     _init_(vae.first_stage_model, seed, std=0.05)
     return vae
 

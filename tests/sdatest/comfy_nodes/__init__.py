@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from sdatest import registry, tiny_clip, tiny_models
+from sdatest import registry, tiny_archs, tiny_clip, tiny_models
 
 class _AnyType(str):
     """Matches every socket type in ComfyUI's validation (the '*' convention custom packs use)."""
@@ -252,4 +252,5 @@ NODE_CLASS_MAPPINGS = {
     "SDATest_TinyConditioning": TinyConditioning,
     "SDATest_Denoise": Denoise,
     "SDATest_Capture": Capture,
+    **tiny_archs.NODES,
 }
