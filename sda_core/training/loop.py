@@ -181,7 +181,7 @@ class TrainResult:
     checkpoint_path: str | None = None
     elapsed_s: float = 0.0
     resumed_from: int | None = None
-    stopped: str | None = None  # where an interrupted run stopped, e.g. "during step 6 (not applied)"
+    stopped: str | None = None  # where an interrupted run stopped, e.g. "during step 6: not applied, resume redoes it"
 
 
 def _finite(x: torch.Tensor | float | None) -> float | None:
@@ -273,7 +273,7 @@ def train(
             terms, ok = train_step(models, config, draw, sigmas, optimizer, params, prepared)
         except interrupts:
             torch.set_rng_state(rng_before)  # the dropped step never happened
-            return stop(step, f"during step {step + 1} (not applied; resume redoes it)")
+            return stop(step, f"during step {step + 1}: not applied, resume redoes it")
         if batch is not None:
             batch.done(step)
         if ok and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):  # one sync

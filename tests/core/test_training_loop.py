@@ -372,3 +372,34 @@ def test_a_clipped_step_moves_the_factors_otherwise_than_an_unclipped_one():
         train(tp.models, tp.config)
         runs[grad_clip] = _lokr_tensors(tp)
     assert not torch.equal(runs[0.0]["mix.w2"], runs[1e-4]["mix.w2"])
+
+
+class Cancelled(Exception):
+    """Stands in for ComfyUI's interrupt exception (sda_core never imports ComfyUI)."""
+
+
+def test_an_interrupt_raised_inside_a_step_drops_that_step_and_resume_continues_the_curve(tmp_path):
+    full = toy_problem(steps=6)
+    reference = train(full.models, full.config)
+
+    tp = toy_problem(steps=6)
+    calls = {"n": 0}
+    teacher = tp.models.teacher
+
+    def teacher_that_gets_cancelled(x, sigma, cond):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the teacher forward of the 4th diversity step: mid-step, after the rollout
+            raise Cancelled()
+        return teacher(x, sigma, cond)
+
+    path = str(tmp_path / "c.safetensors")
+    models = dataclasses.replace(tp.models, teacher=teacher_that_gets_cancelled)
+    cut = train(models, tp.config, checkpoint_path=path, interrupts=(Cancelled,))
+    assert cut.interrupted and cut.stopped == f"during step {cut.steps + 1}: not applied, resume redoes it"
+    ckpt = load_checkpoint(path)
+    assert ckpt.step == cut.steps and ckpt.history == reference.history[:cut.steps]
+
+    again = toy_problem(steps=6)
+    resumed = train(again.models, again.config, resume=ckpt)
+    assert resumed.history == reference.history and not resumed.interrupted
+    assert all(torch.equal(a, b) for a, b in zip(_lokr_tensors(full).values(), _lokr_tensors(again).values()))

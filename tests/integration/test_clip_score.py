@@ -101,8 +101,12 @@ def test_grid_reports_the_clip_score_of_its_own_images(comfy, lpips_weights):
                  label="base", lpips_net="alex", lpips_size="native", clip_score_clip=clip, clip_vision=vision,
                  clip_score_prompt=PROMPT)
     score = _score_node(g, grid[1], clip, vision)
+    plain = g.add("SDASeedDiversityGrid", **{**g.nodes[grid.id]["inputs"], "label": "plain", "clip_score_prompt": ""})
+    for name in ("clip_score_clip", "clip_vision"):
+        g.nodes[plain.id]["inputs"].pop(name)
+    compare = g.add("SDADiversityCompare", result_1=grid[5], result_2=plain[5], baseline="1", teacher="none")
     for key, node in (("images", grid[1]), ("report", grid[4]), ("result", grid[5]), ("score", score[3]),
-                      ("vision", vision[0]), ("clip", clip[0])):
+                      ("vision", vision[0]), ("clip", clip[0]), ("table", compare[1])):
         g.add("SDATest_Capture", value=node, key=f"grid_{key}")
     comfy.run(g.prompt())
 
@@ -118,6 +122,12 @@ def test_grid_reports_the_clip_score_of_its_own_images(comfy, lpips_weights):
     assert result.clip_score.mean == pytest.approx(report["clip_score"]["mean"])
     assert json.loads(registry.take("grid_score"))["clip_score"]["per_image"] == pytest.approx(
         report["clip_score"]["per_image"], abs=1e-9)
+    table = registry.take("grid_table")
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    column = [c.strip() for c in header.split("|")].index("CLIP score (prompt fidelity)")
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("|")] for line in table.splitlines()
+                                          if line.startswith("| base") or line.startswith("| plain"))}
+    assert rows["base"][column] == f"{expected.mean():.1f}" and rows["plain"][column] == "—"  # not measured
 
 
 @pytest.mark.parametrize("towers, message", [
