@@ -16,11 +16,12 @@ Rows:
                      (no VAE decode: there is no VAE without a download)
   LPIPS              all pairwise distances of 16 images at --size through the pack's PairwiseLPIPS (256 px
                      short side, the grid's default), AlexNet with a random backbone (the speed is the same)
-  training           seconds per SDA step (k evenly over the schedule) through the training node's own session,
-                     its peak device memory (CUDA: torch's max_memory_allocated; CPU: the weights and LoKr state
-                     resident plus the peak of torch's allocations during a step) beside the memory plan's
-                     estimate for the same run. A configuration whose estimate exceeds the device is skipped.
-Configurations the checkout does not have yet print "n/a (not available in this checkout)".
+  training           seconds per SDA step (sda_core's train loop over --train-steps steps, k drawn as in a run)
+                     through the training node's own session, its peak device memory (CUDA: torch's
+                     max_memory_allocated; CPU: the weights and LoKr factors resident plus the peak of torch's
+                     allocations during the run) beside the memory plan's estimate for the same run. A
+                     configuration whose estimate exceeds the device is skipped.
+The shared teacher is the student plus a random rank-4 LoRA through ComfyUI's own LoRA loader.
 """
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import torch  # noqa: E402
 
-N_A = "n/a (not available in this checkout)"
 # ComfyUI's Z-Image as model detection reads it from the real checkpoint (comfy/model_detection.py, dim 3840)
 ZIMAGE_TURBO = {
     "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 3840, "cap_feat_dim": 2560, "n_layers": 30,
@@ -227,19 +227,34 @@ class Bench:
 
     # --- training ---------------------------------------------------------------------------------------
 
-    def train_row(self, what: str, teacher_mode: str, checkpointing: bool, teacher_batch: int = 1) -> Row:
-        if teacher_mode == "shared" or teacher_batch > 1:
-            return Row(what, note=N_A)  # wired when the session can share weights and batch the teacher
-        from sda_core.training.loop import draw_step, make_optimizer, train_step
-        from sda_core.training.memory_plan import estimate
-        from sda_core.training.trajectory import flow_sigmas
+    def shared_teacher(self):
+        """The student plus a random rank-4 'de-distill' LoRA through ComfyUI's own LoRA loader: one set of weights."""
+        import tempfile
 
-        training, student, teacher = self.training, self.student, self.teacher
+        import comfy.sd
+        import comfy.utils
+        from sdatest import adapter_files
+
+        path = os.path.join(tempfile.mkdtemp(prefix="sda-full-size-"), "dedistill.safetensors")
+        shapes = {k: tuple(v.shape) for k, v in self.student.model.diffusion_model.state_dict().items()}
+        adapter_files.write_lora(path, shapes, rank=4)
+        teacher, _ = comfy.sd.load_lora_for_models(self.student, None, comfy.utils.load_torch_file(path), 1.0, 0.0)
+        return teacher
+
+    def train_row(self, what: str, teacher_mode: str, checkpointing: bool, teacher_batch: int = 1) -> Row:
+        from sda_core.training import train
+        from sda_core.training.memory_plan import estimate
+
+        training, student = self.training, self.student
+        teacher = self.shared_teacher() if teacher_mode == "shared" else self.teacher
         latent = self.args.size // 8
-        config = training.SDAConfig(steps=10**6, lr=1e-4, latent_shape=(16, latent, latent),
+        n = max(self.args.train_steps, teacher_batch)
+        config = training.SDAConfig(steps=n, lr=1e-4, latent_shape=(16, latent, latent), teacher_batch=teacher_batch,
                                     shift=training.student_shift(student, SAMPLE_STEPS))
         targets = training.lokr_targets(student, False)
-        facts = self.memory.gather(student, teacher, config, targets, self.prompts, False, checkpointing, teacher_batch)
+        facts = self.memory.gather(student, teacher, config, targets, self.prompts, False, checkpointing)
+        if facts.teacher != teacher_mode and teacher_mode != "swapped":
+            return Row(what, note=f"n/a: this checkout plans the teacher as {facts.teacher}")
         plan = estimate(dataclasses.replace(facts, teacher=teacher_mode))
         if self.device.cuda and plan.peak > self.device.total():
             return Row(what, note=f"skipped: the plan's {fmt_bytes(plan.peak)} exceeds the device's "
@@ -247,33 +262,28 @@ class Bench:
         self.unload()
         with torch.inference_mode(False), torch.enable_grad():
             session = training.Session.open(student, teacher, config, targets, self.prompts, None, None, checkpointing)
-            session.residency.swap = teacher_mode == "swapped"
+            if teacher_mode != "shared":
+                session.residency.swap = teacher_mode == "swapped"
             try:
                 session.start()
-                params = list(session.lokr.parameters())
-                for p in params:
-                    p.requires_grad_(True)
-                optimizer = make_optimizer(params, config)
-                sigmas = flow_sigmas(config.student_steps, config.shift)
+                if teacher_mode == "shared" and not session.residency.shared_weights:
+                    return Row(what, note=f"n/a: the session swapped the teacher ({session.residency.describe()})")
+                train(session.models, dataclasses.replace(config, steps=1))  # warm up
+                result = None
 
-                def step(i: int, k: int):
-                    draw = draw_step(config, i, len(self.prompts))
-                    draw.k = k
-                    terms, ok = train_step(session.models, config, draw, sigmas, optimizer, params)
-                    if not ok:
-                        raise RuntimeError(f"{what}: a non-finite loss at k={k}: the random model overflowed")
+                def run():
+                    nonlocal result
+                    result = train(session.models, config)
 
-                step(0, 0)  # warm up, AdamW state
-                n = self.args.train_steps
-                seconds = [self.device.timed(lambda i=i: step(1 + i, i % config.student_steps)) for i in range(n)]
-                resident = (student.model_size() + (teacher.model_size() if teacher_mode == "resident" else 0)
-                            + plan.lokr_state)
-                peak = self.device.peak(lambda: step(100, 0), resident=resident)
+                seconds = self.device.timed(run)
+                resident = student.model_size() + (teacher.model_size() if teacher_mode == "resident" else 0)
+                peak = self.device.peak(run, resident=resident + 4 * plan.facts.lokr_params)
             except torch.cuda.OutOfMemoryError:
                 return Row(what, note=f"out of memory (the plan said {fmt_bytes(plan.peak)})")
             finally:
                 session.close()
-        return Row(what, statistics.mean(seconds), "s/step", peak, plan.peak)
+        note = f"{result.bad_steps} of {n} steps non-finite" if result.bad_steps else ""
+        return Row(what, seconds / n, "s/step", peak, plan.peak, note)
 
     def rows(self) -> list[Row]:
         rows = [self.sampling_row(1), self.sampling_row(4), self.grid_row(), self.lpips_row()]

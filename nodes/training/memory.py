@@ -11,12 +11,14 @@ from ...sda_core.training import SDAConfig
 from ...sda_core.training.memory_plan import (MemoryPlan, RunFacts, check_fits, estimate, lokr_param_count,
                                               zimage_profile)
 from .. import host
+from .shared_teacher import teacher_additions
 
 TEXT_TOKENS = 128  # when the conditioning says nothing: a typical prompt's padded length
 
 
 def compute_bytes(model) -> int:
-    """Bytes per activation element: the dtype apply_model computes in (fp8 weights compute in bf16/fp16)."""
+    """Bytes per activation element of a model run as loaded: the dtype apply_model computes in (fp8 weights
+    compute in bf16/fp16). The training clone itself computes in fp32 (session.train_in_fp32)."""
     dtype = model.model.manual_cast_dtype or model.model.get_dtype()
     return dtype.itemsize
 
@@ -27,15 +29,13 @@ def attention_scores(model) -> bool:
     return not any(getattr(mm, name, lambda: False)() for name in fused)
 
 
-def _patch_bytes(teacher, student) -> int:
-    """Bytes of the patches the teacher carries beyond the student's (a shared teacher keeps those)."""
+def _patch_bytes(patches: dict) -> int:
+    """Bytes of the tensors in ComfyUI patch entries (a shared teacher keeps its own patches beside the weights)."""
     import torch
 
     total = 0
-    for key, patches in teacher.patches.items():
-        if student.patches.get(key) is patches:
-            continue
-        for patch in patches:
+    for entries in patches.values():
+        for patch in entries:
             stack = [patch]
             while stack:
                 item = stack.pop()
@@ -60,8 +60,11 @@ def image_tokens(student, latent_h: int, latent_w: int) -> int:
 
 
 def gather(student, teacher, config: SDAConfig, targets: dict, positive: list, assistant: bool,
-           gradient_checkpointing: bool, teacher_batch: int = 1) -> RunFacts:
-    """The facts of a run of the SDA Train LoKr node (its models unloaded or loaded: nothing moves here)."""
+           gradient_checkpointing: bool) -> RunFacts:
+    """The facts of a run of the SDA Train LoKr node (its models unloaded or loaded: nothing moves here).
+
+    The teacher shares the student's weights when the session can run it on them (shared_teacher), is
+    swapped when it is a clone that cannot share, and is planned beside the student otherwise."""
     layout = host.model_layout(student)
     unet = student.model.model_config.unet_config
     dim, heads = int(unet["dim"]), int(unet["n_heads"])
@@ -77,17 +80,19 @@ def gather(student, teacher, config: SDAConfig, targets: dict, positive: list, a
     trained = tuple(len({b for b in per_block if b.startswith(group + ".")})
                     for group in ("layers", "noise_refiner", "context_refiner"))
     shapes = [(t.shape[0], math.prod(t.shape[1:])) for t in targets.values()]
-    shared = student.is_clone(teacher)
+    additions = teacher_additions(student, teacher)
+    mode = "shared" if additions is not None else "swapped" if student.is_clone(teacher) else "resident"
     return RunFacts(
         student_bytes=student.model_size(), teacher_bytes=teacher.model_size(),
         teacher_params=sum(p.numel() for p in teacher.model.parameters()),
-        teacher="shared" if shared else "resident", teacher_extra_bytes=_patch_bytes(teacher, student) if shared else 0,
+        teacher=mode, teacher_extra_bytes=_patch_bytes(additions.patches) if additions is not None else 0,
         lokr_params=lokr_param_count(shapes, config.factor, config.rank),
         adapted_elements=sum(adapted.values()), largest_adapted=max(adapted.values()),
         block_adapted=max(per_block.values()), image_tokens=image_tokens(student, h, w), text_tokens=text,
         trained_blocks=trained,
-        profile=zimage_profile(dim, ffn, heads, compute_bytes(student), attention_scores(student)),
-        batch=config.batch, teacher_cfg=config.teacher_cfg != 1.0, teacher_batch=teacher_batch,
+        profile=zimage_profile(dim, ffn, heads, student.model.get_dtype().itemsize, attention_scores(student),
+                               compute_bytes(teacher)),
+        batch=config.batch, teacher_cfg=config.teacher_cfg != 1.0, teacher_batch=config.teacher_batch,
         grad_rows=config.batch if assistant else 2 * config.batch, gradient_checkpointing=gradient_checkpointing,
         latent_elements=math.prod(config.latent_shape))
 
@@ -113,19 +118,22 @@ def smaller_sizes(student, config: SDAConfig, width: int, height: int) -> list[t
 
 
 def plan_run(student, teacher, config: SDAConfig, targets: dict, positive: list, assistant: bool,
-             gradient_checkpointing: bool, width: int, height: int, teacher_batch: int = 1) -> tuple[MemoryPlan, list[str]]:
+             gradient_checkpointing: bool, width: int, height: int) -> tuple[MemoryPlan, list[str]]:
     """The plan and its report lines; raises `RunDoesNotFit` (a MemoryError) when it exceeds the device (not CPU).
 
     A separate teacher counts as resident beside the student when both fit, else as swapped in for its
-    forwards, as the session loads them.
+    forwards, as the session loads them; teacher_batch counts only for a swapped teacher (the session uses it
+    only there).
     """
     device = student.load_device
-    facts = gather(student, teacher, config, targets, positive, assistant, gradient_checkpointing, teacher_batch)
+    facts = gather(student, teacher, config, targets, positive, assistant, gradient_checkpointing)
+    if facts.teacher != "swapped":
+        facts = dataclasses.replace(facts, teacher_batch=1)
     plan = estimate(facts)
     if mm.is_device_cpu(device):
         return plan, plan.lines(None, "cpu") + ["  (CPU: not checked against the machine's memory)"]
     budget = device_budget(device)
     if facts.teacher == "resident" and plan.peak > budget:
-        plan = estimate(dataclasses.replace(facts, teacher="swapped"))
+        plan = estimate(dataclasses.replace(facts, teacher="swapped", teacher_batch=config.teacher_batch))
     check_fits(plan, budget, str(device), smaller_sizes(student, config, width, height))
     return plan, plan.lines(budget, str(device))

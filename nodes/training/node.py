@@ -390,7 +390,7 @@ class SDATrainLoKr(io.ComfyNode):
                    "include_refiners": include_refiners, "trainer": "comfyui-sda SDATrainLoKr"}
         eval_plan = make_eval_plan(vae, eval_every, eval_seeds, seed, width, height, positive, negative)
         _, plan_lines = plan_run(student, teacher, config, targets, positive, use_assistant, gradient_checkpointing,
-                                 width, height, config.teacher_batch)  # refuses, before anything loads, a run that does not fit
+                                 width, height)  # refuses, before anything loads, a run that does not fit
         outcome = run_training(student, teacher, config, files, targets=targets, positive=positive, negative=negative,
                                assistant=assistant, gradient_checkpointing=gradient_checkpointing, resume=resume,
                                details=details, eval_plan=eval_plan, node_id=cls.hidden.unique_id)

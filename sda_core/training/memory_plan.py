@@ -17,22 +17,24 @@ so the peak is the largest phase, each phase with the weights resident while it 
                 student), one of them (a separate teacher swapped in for its forwards: the student is
                 off the device while the teacher runs, and back for its own phases), or the student's
                 plus the teacher's own patches (a teacher that shares the student's weights)
-    nograd(n)   n·L·W·e + n·H·L·min(L, 1024)·e (when attention materialises its scores) + the largest
-                adapted weight's ΔW in fp32 and its patched copy: the working set of one block
-    grad(n)     without checkpointing: every trained block keeps its activations,
-                    blocks·n·L·(a·D + 4·F + H·L·[scores])·e  + the patched copies of every adapted weight
-                with checkpointing: every block keeps its input (n·L·D·e) and one block at a time is
-                recomputed with its activations and patched copies;
-                either way plus a backward working set of n·L·W·e and the largest weight's gradient.
+    nograd(n)   (2·n·L·W + n·H·L·min(L, 1024) [when attention materialises its scores])·4 + c · the largest
+                adapted weight: the working set of one block
+    grad(n)     without checkpointing: every trained block keeps its activations and LoKr products,
+                    blocks·n·L·((13.5 + 12.1)·D + 4·F + H·L·[scores])·4  + c · adapted elements
+                with checkpointing: every block keeps its input (n·L·D·4) and one block at a time is
+                recomputed with its activations, LoKr products and c · its adapted elements;
+                either way plus a backward working set of n·L·W·4 and c · the largest adapted weight.
 
-n rows of L tokens (image patches plus text tokens through the main blocks), block width D, feed-forward
-width F, W = max(F, 3·D) (the widest activation: qkv or the feed-forward), H heads, e the compute dtype's
-bytes. `a` (elements of width D kept per token per block) was counted with torch's saved-tensor hooks
-on ComfyUI's Z-Image block: 13.5 in fp32, 18.7 in bf16/fp16 (RoPE and the norms keep fp32 copies).
-The patched copy of an adapted weight (weight + ΔW in the compute dtype) is what the linear layer keeps
-for its input gradient when the LoKr is merged into the weight; `ActivationProfile.adapted_copy_bytes`
-says how many bytes per adapted element a grad forward keeps (0 when the LoKr runs beside the layer).
-The constants were checked against measured peaks on the CPU (tests/integration/test_memory_plan.py).
+The training clone computes in fp32 with each LoKr beside its frozen layer (sda_core.training.bypass), so
+its activations are fp32 whatever the weights' dtype; weights stored in another dtype are cast to fp32 as
+each layer runs and the linear layer keeps that copy for its input gradient: c = 4 bytes per adapted
+element (0 for fp32 weights, used as they are). n rows of L tokens (image patches plus text tokens through
+the main blocks), block width D, feed-forward width F, W = max(F, 3·D) (the widest activation), H heads.
+13.5 width-D elements per token (beside 4 F-wide ones) is what a Z-Image block keeps for its backward and
+12.1 what its seven LoKr products keep, both counted with torch's saved-tensor hooks on ComfyUI's block.
+A separate teacher's no-grad forward runs in its own dtype (its activation bytes scaled accordingly).
+The constants were checked against measured peaks on the CPU (tests/integration/test_memory_plan.py;
+docs/memory_plan.md has the formula and the numbers).
 """
 from __future__ import annotations
 
@@ -66,7 +68,9 @@ class ActivationProfile:
     scores_per_token_pair: bytes per row, head and (query, key) pair when attention materialises its scores
         (ComfyUI's split / sub-quadratic attention: the CPU), 0 with fused attention (SDPA, xformers, flash).
     heads: attention heads.
-    adapted_copy_bytes: bytes per adapted weight element a grad forward keeps (the patched weight).
+    adapted_copy_bytes: bytes per adapted weight element a grad forward keeps beside the weight itself.
+    teacher_scale: a separate teacher's activation bytes per element over the student's (it runs in its own
+        dtype, the training clone in fp32).
     """
 
     saved_per_token: float
@@ -75,23 +79,31 @@ class ActivationProfile:
     scores_per_token_pair: float
     heads: int
     adapted_copy_bytes: float
+    teacher_scale: float = 1.0
 
 
-def zimage_profile(dim: int, ffn_dim: int, heads: int, compute_bytes: int, attention_scores: bool,
-                   adapted_copy_bytes: float | None = None) -> ActivationProfile:
-    """The activation profile of ComfyUI's Z-Image (NextDiT) block of width `dim`, feed-forward `ffn_dim`.
+BLOCK_SAVED = 13.5  # width-D fp32 elements a Z-Image block keeps per token for its backward, beside 4 F-wide ones
+LOKR_SAVED = 12.1  # width-D fp32 elements the LoKr products of one block keep per token (sda_core.training.bypass)
 
-    compute_bytes: 4 for fp32, 2 for bf16/fp16 (fp8 weights compute in bf16). adapted_copy_bytes defaults
-    to compute_bytes: the LoKr merged into the weight, whose patched copy the linear layer keeps.
+
+def zimage_profile(dim: int, ffn_dim: int, heads: int, weight_bytes: int, attention_scores: bool,
+                   teacher_compute_bytes: int = 4) -> ActivationProfile:
+    """The activation profile of ComfyUI's Z-Image (NextDiT) block of width `dim`, feed-forward `ffn_dim`, as
+    the training clone runs it: in fp32 with each LoKr beside its frozen layer (sda_core.training.bypass).
+
+    weight_bytes: bytes per element of the stored weights. Weights stored in another dtype are cast to fp32 as
+    each layer runs, and the linear layer keeps that fp32 copy for its input gradient (4 bytes per adapted
+    element); fp32 weights are used as they are. teacher_compute_bytes: what a separate teacher computes in.
     """
-    a = 13.5 if compute_bytes >= 4 else 18.7
+    e = 4
     return ActivationProfile(
-        saved_per_token=(a * dim + 4 * ffn_dim) * compute_bytes,
-        input_per_token=dim * compute_bytes,
-        wide_per_token=max(ffn_dim, 3 * dim) * compute_bytes,
-        scores_per_token_pair=compute_bytes if attention_scores else 0.0,
+        saved_per_token=((BLOCK_SAVED + LOKR_SAVED) * dim + 4 * ffn_dim) * e,
+        input_per_token=dim * e,
+        wide_per_token=max(ffn_dim, 3 * dim) * e,
+        scores_per_token_pair=e if attention_scores else 0.0,
         heads=heads,
-        adapted_copy_bytes=compute_bytes if adapted_copy_bytes is None else adapted_copy_bytes,
+        adapted_copy_bytes=0 if weight_bytes == e else e,
+        teacher_scale=teacher_compute_bytes / e,
     )
 
 
@@ -201,11 +213,11 @@ class MemoryPlan:
         ]
 
 
-def _nograd(f: RunFacts, rows: int) -> float:
+def _nograd(f: RunFacts, rows: int, scale: float = 1.0) -> float:
     p = f.profile
     scores = rows * p.heads * f.tokens * min(f.tokens, SCORE_CHUNK) * p.scores_per_token_pair
-    delta = f.largest_adapted * (4 + p.adapted_copy_bytes)
-    return rows * f.tokens * p.wide_per_token * 2 + scores + delta + rows * f.latent_elements * 4 * 4
+    cast = f.largest_adapted * p.adapted_copy_bytes
+    return (rows * f.tokens * p.wide_per_token * 2 + scores) * scale + cast + rows * f.latent_elements * 4 * 4
 
 
 def _block_saved(f: RunFacts, rows: int, tokens: int) -> float:
@@ -221,7 +233,7 @@ def _grad(f: RunFacts, rows: int) -> float:
     else:
         kept = sum(n * _block_saved(f, rows, tokens) for n, tokens in f.blocks)
         kept += f.adapted_elements * p.adapted_copy_bytes
-    backward = BACKWARD_WIDE * rows * f.tokens * p.wide_per_token + f.largest_adapted * (4 + p.adapted_copy_bytes)
+    backward = BACKWARD_WIDE * rows * f.tokens * p.wide_per_token + f.largest_adapted * p.adapted_copy_bytes
     return kept + backward + rows * f.latent_elements * 4 * 8
 
 
@@ -235,7 +247,8 @@ def estimate(f: RunFacts) -> MemoryPlan:
         s_res, t_res = student, teacher
     else:
         s_res = t_res = student + f.teacher_extra_bytes
-    rollout, teach, grad = _nograd(f, 2 * f.batch), _nograd(f, f.teacher_rows), _grad(f, f.grad_rows)
+    teacher_scale = 1.0 if f.teacher == "shared" else f.profile.teacher_scale  # a shared teacher runs on the clone
+    rollout, teach, grad = _nograd(f, 2 * f.batch), _nograd(f, f.teacher_rows, teacher_scale), _grad(f, f.grad_rows)
     phases = {"rollout": lokr + s_res + rollout, "teacher forward": lokr + t_res + teach,
               "grad forward and backward": lokr + s_res + grad}
     return MemoryPlan(f, student, teacher if f.teacher != "shared" else 0, lokr, int(rollout), int(teach), int(grad),

@@ -56,8 +56,8 @@ def test_a_swapped_teacher_holds_one_model_at_a_time_and_a_shared_one_only_its_p
 def test_checkpointing_keeps_one_block_of_activations_and_patched_weights_instead_of_all():
     off, on = estimate(full_size()), estimate(full_size(gradient_checkpointing=True))
     assert on.rollout == off.rollout and on.teacher_forward == off.teacher_forward
-    # without checkpointing the grad forward keeps a patched copy of every adapted weight (bf16: 2 bytes each)
-    assert off.grad > 5_900_000_000 * 2 > on.grad
+    # without checkpointing the grad forward keeps the fp32 cast of every adapted bf16 weight (4 bytes each)
+    assert off.grad > 5_900_000_000 * 4 > on.grad
     assert off.grad / on.grad > 5
 
 
@@ -66,8 +66,8 @@ def test_the_grad_forward_grows_with_rows_and_tokens_and_materialised_attention_
     assert estimate(full_size(grad_rows=1)).grad < base
     assert estimate(full_size(image_tokens=1024)).grad < base
     scores = full_size(profile=zimage_profile(3840, 10240, 30, 2, attention_scores=True))
-    # L² scores per head and row, 30 blocks: 30 · 2 rows · 30 heads · 4224² · 2 bytes
-    assert estimate(scores).grad - base == pytest.approx(30 * 2 * 30 * 4224**2 * 2, rel=1e-9)
+    # L² scores per head and row, 30 blocks: 30 · 2 rows · 30 heads · 4224² · 4 bytes (the clone computes in fp32)
+    assert estimate(scores).grad - base == pytest.approx(30 * 2 * 30 * 4224**2 * 4, rel=1e-9)
 
 
 def test_teacher_rows_double_with_cfg_and_multiply_with_teacher_batch():
@@ -84,7 +84,7 @@ def test_a_run_that_fits_passes_the_check():
 def test_a_run_that_does_not_fit_is_refused_with_the_options_that_fit_and_their_numbers():
     facts = full_size(teacher="swapped")
     plan = estimate(facts)
-    budget = 40 * GB
+    budget = 75 * GB
     assert plan.peak > budget
     sizes = [("896x896", 3136, 16 * 112 * 112), ("768x768", 2304, 16 * 96 * 96), ("512x512", 1024, 16 * 64 * 64)]
     with pytest.raises(RunDoesNotFit) as err:
