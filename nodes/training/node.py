@@ -286,17 +286,18 @@ class SDATrainLoKr(io.ComfyNode):
                                        "diversity forward (and the rollout, see rollout_with_assistant). None: no "
                                        "adapter."),
                 _int("width", 512, 64, 4096, "Training resolution in pixels (latent = width/8); a multiple of 8 × "
-                     "pool_kernel. 512: the card's size, and affordable."),
+                     "pool_kernel. 512: affordable, and large enough for composition to form."),
                 _int("height", 512, 64, 4096, "Training resolution in pixels (latent = height/8); a multiple of 8 × "
                      "pool_kernel."),
                 _int("steps", 500, 1, 1_000_000, "Total optimiser steps (a resumed run counts the earlier ones). "
                      "The card's release came from step 2500; 500 shows the trend."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1e-1, step=1e-6, round=1e-7,
-                               tooltip="AdamW learning rate of the LoKr factors (weight decay 0.001). 1e-4: the "
-                                       "card's; higher diverges sooner."),
+                               tooltip="AdamW learning rate of the LoKr factors (weight decay 0.001, the card's). 1e-4: "
+                                       "a usual LoKr rate (the card states none); higher diverges sooner."),
                 io.Float.Input("lambda_div", default=1.0, min=0.0, max=100.0, step=0.05,
                                tooltip="Weight of the diversity (direction) term against the anchor (weight 1). "
-                                       "0: anchor only (nothing moves); 1: the card's balance."),
+                                       "0: anchor only (nothing moves); 1: equal weight (the card names "
+                                       "lambda_div but gives no value)."),
                 io.Float.Input("huber_delta", default=0.08, min=1e-4, max=10.0, step=0.01,
                                tooltip="Huber delta of the anchor to the frozen student, in velocity units: "
                                        "quadratic below, linear above. 0.08: the card's."),
