@@ -8,7 +8,6 @@ shapes those of the layer (or row slice of a fused layer) ComfyUI maps them to: 
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -67,29 +66,6 @@ CASES = [
 SLICED = {"flux_schnell", "sd35"}  # archs whose diffusers names land on row slices of fused weights
 
 
-def _key_map(arch: str) -> tuple[dict, dict]:
-    """ComfyUI's key map and the parameter shapes of the tiny model of `arch` (the reference for file layout)."""
-    import comfy.lora
-
-    model = tiny_archs.tiny_arch(arch).model
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return comfy.lora.model_lora_keys_unet(model, {}), shapes
-
-
-def _modules(case: Case, key_map: dict, shapes: dict) -> dict[str, tuple[int, int]]:
-    """{file module name: (out, in)} for the key map's names that `case.names` selects, matrices only."""
-    modules = {}
-    for name, target in key_map.items():
-        if not re.match(case.names, name):
-            continue
-        param, rows = (target, None) if isinstance(target, str) else target
-        shape = shapes.get(param)
-        if shape is None or len(shape) != 2:
-            continue
-        modules[name] = (rows[2] if rows else shape[0], math.prod(shape[1:]))
-    return modules
-
-
 @pytest.fixture(scope="module")
 def files(comfy):
     """Every case's file in models/loras, plus which cases land on row slices."""
@@ -98,9 +74,9 @@ def files(comfy):
     maps = {}
     for case in CASES:
         if case.arch not in maps:
-            maps[case.arch] = _key_map(case.arch)
+            maps[case.arch] = tiny_archs.lora_key_map(case.arch)
         key_map, shapes = maps[case.arch]
-        modules = _modules(case, key_map, shapes)
+        modules = tiny_archs.key_map_modules(case.names, key_map, shapes)
         assert len(modules) >= 2, f"{case}: the pattern selects {len(modules)} modules of ComfyUI's key map"
         sliced[str(case)] = any(not isinstance(key_map[n], str) for n in modules)
         write_named_adapter(loras / case.file, modules, algo=case.algo, suffixes=case.suffixes, alpha=case.alpha,
