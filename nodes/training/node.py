@@ -400,6 +400,9 @@ class SDATrainLoKr(io.ComfyNode):
         table, targets = lokr_targets(student, include_refiners)
         files = RunFiles.for_name(save_name)
         schedule = student_schedule(student, student_steps, scheduler)
+        if div_skip > student_steps:
+            raise ValueError(f"div_skip {div_skip}: div_skip must lie in 0..{student_steps} (student_steps); "
+                             f"{student_steps - 1} keeps the last step pure anchor, as the card's 7 of 8 does")
         config = SDAConfig(
             steps=steps, lr=learning_rate, lambda_div=lambda_div, huber_delta=huber_delta, pool_kernel=pool_kernel,
             div_skip=div_skip, student_steps=student_steps, shift=schedule.shift, sigmas=schedule.sigmas,

@@ -48,9 +48,9 @@ STILL = {"sd35": ["transformer.transformer_blocks.1.attn.add_q_proj"],
                         "transformer.transformer_blocks.1.txt_mlp.net.2"]}
 
 
-def _train(g: Graph, arch: str, save_name: str, **overrides):
-    student = g.add("SDATest_TinyArch", arch=arch, seed=0)
-    teacher = g.add("SDATest_TinyArch", arch=arch, seed=1)
+def _train(g: Graph, arch: str, save_name: str, dtype: str = "fp32", **overrides):
+    student = g.add("SDATest_TinyArch", arch=arch, seed=0, dtype=dtype)
+    teacher = g.add("SDATest_TinyArch", arch=arch, seed=1, dtype=dtype)
     cond = g.add("SDATest_TinyArchConditioning", arch=arch, seed=1, tokens=8)
     node = g.add("SDATrainLoKr", student=student, teacher=teacher, conditioning=cond, save_name=save_name,
                  **dict(SETTINGS, **overrides))
@@ -179,6 +179,33 @@ def test_shared_weight_teacher_assistant_and_eval_renders(comfy, whole_runs, lpi
     assert "eval avg LPIPS: step 0: " in report and ", step 4: " in report
     history = _checkpoint(comfy, f"{arch}_shared").history
     assert len(history) == 4 and not any(h["skipped"] for h in history)
+
+
+@pytest.mark.parametrize("arch", ["sdxl", "flux_schnell"])
+def test_bf16_weights_train_and_reload_to_the_returned_model(comfy, arch):
+    """Users' weights are bf16: the training clone computes in fp32 on them, the file loads like any LoRA."""
+    g = Graph()
+    student, node = _train(g, arch, f"{arch}_bf16", dtype="bf16")
+    _sample(g, arch, node[0], "trained")
+    _sample(g, arch, student, "base")
+    comfy.run(g.prompt())
+    g = Graph()
+    model = g.add("SDATest_TinyArch", arch=arch, seed=0, dtype="bf16")
+    _sample(g, arch, g.add("LoraLoaderModelOnly", model=model, lora_name=f"{arch}_bf16.safetensors",
+                           strength_model=1.0), "comfyui")
+    comfy.run(g.prompt())
+    trained, base, theirs = _take("trained"), _take("base"), _take("comfyui")
+    history = _checkpoint(comfy, f"{arch}_bf16").history
+    assert len(history) == 4 and not any(h["skipped"] for h in history)
+    assert torch.isfinite(trained).all() and (trained - base).abs().max() > 1e-3
+    torch.testing.assert_close(trained, theirs, rtol=0, atol=0)
+
+
+def test_div_skip_beyond_a_short_schedule_is_refused_with_the_value_to_use(comfy):
+    g = Graph()
+    _train(g, "sd35", "too_far", div_skip=7)
+    with pytest.raises(PromptFailed, match=r"div_skip 7: div_skip must lie in 0\.\.4 \(student_steps\); 3 keeps"):
+        comfy.run(g.prompt())
 
 
 def test_a_teacher_of_another_architecture_is_refused_naming_both(comfy):
