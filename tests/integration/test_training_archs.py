@@ -208,6 +208,27 @@ def test_div_skip_beyond_a_short_schedule_is_refused_with_the_value_to_use(comfy
         comfy.run(g.prompt())
 
 
+@pytest.mark.parametrize("arch, scheduler", [("sdxl", "sgm_uniform"), ("sdxl_v", "simple"), ("flux_schnell", "simple"),
+                                             ("sd35", "simple"), ("qwen_image", "simple")])
+def test_the_trainers_x_t_is_ksamplers_latent_at_that_step(comfy, arch, scheduler):
+    """The loss sees the latents KSampler visits: same sigmas, same noise scaling, same Euler steps."""
+    g = Graph()
+    model = g.add("SDATest_TinyArch", arch=arch, seed=0)
+    cond = g.add("SDATest_TinyArchConditioning", arch=arch, seed=1, tokens=8)
+    g.add("SDATest_TrainingRollout", model=model, conditioning=cond, key="ours", seed=5, steps=4, k=2,
+          scheduler=scheduler, size=64)
+    latent = g.add("SDATest_TinyArchLatent", arch=arch, batch=1, side=64)
+    out = g.add("KSamplerAdvanced", model=model, add_noise="enable", noise_seed=5, steps=4, cfg=1.0,
+                sampler_name="euler", scheduler=scheduler, positive=cond, negative=cond, latent_image=latent,
+                start_at_step=0, end_at_step=2, return_with_leftover_noise="enable")
+    g.add("SDATest_Capture", value=out, key="theirs")
+    comfy.run(g.prompt())
+    ours, theirs = registry.take("ours"), _take("theirs")
+    assert ours.shape == theirs.shape
+    assert theirs.abs().max() > 0.1
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
 def test_a_teacher_of_another_architecture_is_refused_naming_both(comfy):
     g = Graph()
     student = g.add("SDATest_TinyArch", arch="flux_schnell", seed=0)
