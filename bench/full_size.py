@@ -250,8 +250,8 @@ class Bench:
         latent = self.args.size // 8
         n = max(self.args.train_steps, teacher_batch)
         config = training.SDAConfig(steps=n, lr=1e-4, latent_shape=(16, latent, latent), teacher_batch=teacher_batch,
-                                    shift=training.student_shift(student, SAMPLE_STEPS))
-        targets = training.lokr_targets(student, False)
+                                    shift=training.student_schedule(student, SAMPLE_STEPS, "simple").shift)
+        targets = training.lokr_targets(student, False)[1]
         facts = self.memory.gather(student, teacher, config, targets, self.prompts, False, checkpointing)
         if facts.teacher != teacher_mode and teacher_mode != "swapped":
             return Row(what, note=f"n/a: this checkout plans the teacher as {facts.teacher}")

@@ -93,9 +93,9 @@ def comfy_zimage_builder() -> tuple[SDAModels, SDAConfig]:
     student, teacher = tiny_models.tiny_zimage(0), tiny_models.tiny_zimage(1)
     assistant = _tiny_assistant(training, student) if WITH_ASSISTANT[0] else None
     config = training.SDAConfig(steps=10**6, lr=1e-4, batch=TINY["batch"], latent_shape=(16, TINY["size"], TINY["size"]),
-                                shift=training.student_shift(student, 8))
+                                shift=training.student_schedule(student, 8, "simple").shift)
     prompts = [tiny_models.tiny_conditioning(0), tiny_models.tiny_conditioning(2)]
-    session = training.Session.open(student, teacher, config, training.lokr_targets(student, False), prompts, None,
+    session = training.Session.open(student, teacher, config, training.lokr_targets(student, False)[1], prompts, None,
                                     assistant, False)
     session.start()  # left open: the bench process ends with it
     OPEN_SESSIONS.append(session)
@@ -124,9 +124,9 @@ def comfy_teachers_builder(shared: bool) -> Callable[[], tuple[SDAModels, SDACon
         else:
             teacher = tiny_models.tiny_zimage(1)
         config = training.SDAConfig(steps=10**6, lr=1e-4, batch=TINY["batch"],
-                                    latent_shape=(16, TINY["size"], TINY["size"]), shift=training.student_shift(student, 8))
+                                    latent_shape=(16, TINY["size"], TINY["size"]), shift=training.student_schedule(student, 8, "simple").shift)
         prompts = [tiny_models.tiny_conditioning(0), tiny_models.tiny_conditioning(2)]
-        session = training.Session.open(student, teacher, config, training.lokr_targets(student, False), prompts, None,
+        session = training.Session.open(student, teacher, config, training.lokr_targets(student, False)[1], prompts, None,
                                         None, False)
         session.start()  # left open: the bench process ends with it
         OPEN_SESSIONS.append(session)

@@ -14,13 +14,15 @@ import torch
 
 import comfy.lora
 import comfy.model_management
+import comfy.utils
 import comfy.weight_adapter
 import folder_paths
 from comfy_api.latest import io, ui
 
 from ..sda_core.adapters import (AdapterError, AdapterFileMissing, AdapterModule, LoadedAdapter, ModelLayout,
                                  check_finite_delta, load_adapter, resolve_in_folder)
-from ..sda_core.adapters.arch import is_zimage
+from ..sda_core.adapters.arch import describe_layout, is_zimage
+from ..sda_core.adapters.layout import SWAP_HALVES
 from ..sda_core.diversity.lpips_pairs import PairwiseLPIPS
 from ..sda_core.step_strengths import ScheduledWeight
 from ..sda_core.diversity.weights import load_lpips
@@ -92,30 +94,46 @@ def model_layout(model) -> ModelLayout:
     return ModelLayout(shapes=shapes, key_map=key_map, key_map_skipped=skipped, arch=arch, family=family)
 
 
-def comfy_key_map(model) -> tuple[dict[str, tuple[str, tuple[int, int] | None]], dict[str, str]]:
-    """ComfyUI's LoRA key map for the diffusion model as plain data: ({file module name: (parameter, rows or
-    None)}, {name: why it is not placed}).
+def model_name(model) -> str:
+    """The model's architecture as every message of the pack names it (Z-Image, SDXL, FluxSchnell, SD3, …)."""
+    return describe_layout(model_layout(model))
 
-    Parameters lose their `diffusion_model.` prefix. Targets ComfyUI transforms with a function (Flux's and
-    SD3's final modulation, whose scale and shift halves it swaps) or slices along another dimension than the
-    rows are listed with the reason instead of being placed differently from ComfyUI.
+
+def comfy_key_map(model) -> tuple[dict[str, tuple], dict[str, str]]:
+    """ComfyUI's LoRA key map for the diffusion model as plain data: ({file module name: (parameter, rows or
+    None[, transform])}, {name: why it is not placed}).
+
+    Parameters lose their `diffusion_model.` prefix. A function ComfyUI applies to a target's change becomes its
+    name in sda_core (swap_scale_shift, on Flux's and SD3's final modulation: SWAP_HALVES), so the change lands
+    exactly as ComfyUI's loader lands it; targets with another function, or sliced along another dimension than
+    the rows, are listed with the reason instead of being placed differently from ComfyUI.
     """
-    out: dict[str, tuple[str, tuple[int, int] | None]] = {}
+    out: dict[str, tuple] = {}
     skipped: dict[str, str] = {}
     for name, target in comfy.lora.model_lora_keys_unet(model.model, {}).items():
-        rows = None
+        rows, transform = None, None
         if isinstance(target, tuple):
-            if len(target) != 2 or target[1] is None or len(target[1]) != 3:
-                skipped[name] = "ComfyUI transforms this layer's change (e.g. swaps scale and shift); not supported here"
-                continue
-            target, (dim, start, length) = target
-            if dim != 0:
-                skipped[name] = f"ComfyUI slices this layer along dimension {dim}; not supported here"
-                continue
-            rows = (int(start), int(length))
+            target, offset, *function = target
+            if function and function[0] is not None:
+                transform = _transform_name(function[0])
+                if transform is None:
+                    skipped[name] = (f"ComfyUI changes this layer's delta with "
+                                     f"{getattr(function[0], '__name__', 'a function')} first; not supported here")
+                    continue
+            if offset is not None:
+                if len(offset) != 3 or offset[0] != 0:
+                    skipped[name] = f"ComfyUI slices this layer along dimension {offset[0]}; not supported here"
+                    continue
+                rows = (int(offset[1]), int(offset[2]))
         if isinstance(target, str) and target.startswith(MODEL_PREFIX) and target.endswith(".weight"):
-            out[name] = (target[len(MODEL_PREFIX):], rows)
+            param = target[len(MODEL_PREFIX):]
+            out[name] = (param, rows, transform) if transform else (param, rows)
     return out, skipped
+
+
+def _transform_name(function) -> str | None:
+    """sda_core's name for a function ComfyUI's key map applies to a change (None: one we do not know)."""
+    return SWAP_HALVES if function is getattr(comfy.utils, "swap_scale_shift", None) else None
 
 
 _CACHE: "OrderedDict[tuple, LoadedAdapter]" = OrderedDict()

@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-import re
 from typing import Any
 
 import torch
 
-import comfy.model_base
 import comfy.samplers
 import folder_paths
 
 from ...sda_core.adapters import Target, module_targets
+from ...sda_core.adapters.layout import key_map_targets
 from ...sda_core.paths import check_new_file_name
-from ...sda_core.training import flow_sigmas
 from ...sda_core.training.lokr_file import resolve_inside
+from ...sda_core.training.targets import TargetTable, select_targets, table_for
 from .. import host
 
 CATEGORY = "SDA"
@@ -24,10 +24,11 @@ CHECKPOINT_FOLDER = "sda_checkpoints"
 # the longest ending a run adds to save_name in models/loras: the diverged LoKr, numbered if the name is taken
 LONGEST_LORA_ENDING = "_diverged_9999.safetensors"
 REPORT_WINDOW = 20  # steps averaged for the report's first/last loss
-EVAL_SAMPLER = ("euler", "simple")  # the schedule the loss trains on (simple scheduler, the student's shift)
-# diffusers-style Z-Image module names the LoKr trains (ComfyUI maps to_q/k/v onto rows of attention.qkv)
-LOKR_TARGET = re.compile(
-    r"^(?P<block>layers|noise_refiner|context_refiner)\.\d+\.(attention\.(to_q|to_k|to_v|to_out\.0)|feed_forward\.w[123])$")
+EVAL_SAMPLER = "euler"  # the sampler the loss's rollout is (on the scheduler the run trains on)
+# Model types whose denoised output and own prediction the loss can use (docs/method.md, "Other architectures")
+FLOW_TYPES = ("FLOW", "FLUX")
+TRAINABLE_TYPES = FLOW_TYPES + ("EPS", "V_PREDICTION")
+SUPPORTED = "Z-Image, FLUX.1, SD3.5, Qwen-Image or SDXL (eps or v-prediction)"
 
 
 def describe_model(model) -> str:
@@ -36,11 +37,24 @@ def describe_model(model) -> str:
     return name + (f" with {len(model.patches)} patched weights" if model.patches else "")
 
 
-def require_flow(model, widget: str) -> None:
-    model_type = model.model.model_type
-    if model_type != comfy.model_base.ModelType.FLOW:
-        raise ValueError(f"{widget}: SDA training needs a flow-matching model (model type FLOW, like Z-Image); this "
-                         f"{widget} is {type(model.model).__name__} with model type {model_type.name}")
+def architecture_name(model) -> str:
+    """The model as a user knows it: the pack's family name when it trains it, else ComfyUI's config name."""
+    table = target_table(model)
+    return table.family if table is not None else type(getattr(model.model, "model_config", model.model)).__name__
+
+
+def target_table(model) -> TargetTable | None:
+    layout = host.model_layout(model)
+    return table_for(type(model.model).__name__, zimage=layout.key_map is None)
+
+
+def require_trainable(model, widget: str) -> None:
+    """A model whose prediction the loss can read (flow, eps or v), of an architecture with a target table."""
+    model_type = model.model.model_type.name
+    what = f"{architecture_name(model)} ({type(model.model).__name__}, model type {model_type})"
+    if model_type not in TRAINABLE_TYPES:
+        raise ValueError(f"{widget}: SDA training reads x0 from a flow, eps or v-prediction model; this {widget} is "
+                         f"{what}. Trainable: {SUPPORTED}")
 
 
 def _architecture(model) -> dict[str, Any]:
@@ -79,45 +93,80 @@ def require_same_family(student, teacher) -> None:
                          "many-step model of the student's family, sharing its latent space and text encoder")
 
 
-def latent_shape(student, width: int, height: int, pool_kernel: int) -> tuple[int, int, int]:
-    """(C, H, W) of the training latents; the diversity pooling must tile the latent exactly."""
-    multiple = 8 * pool_kernel
+def latent_shape(student, width: int, height: int, pool_kernel: int) -> tuple[int, ...]:
+    """(C, H, W) of the training latents, or (C, 1, H, W) for a model whose latents have a time axis (Qwen-Image);
+    the diversity pooling must tile the latent exactly."""
+    latent_format = student.model.latent_format
+    ratio = int(getattr(latent_format, "spacial_downscale_ratio", 8))
+    multiple = ratio * pool_kernel
     for widget, px in (("width", width), ("height", height)):
         if px < multiple or px % multiple:
             nearest = max(multiple, round(px / multiple) * multiple)
-            raise ValueError(f"{widget} {px}: must be a multiple of 8 × pool_kernel = {multiple} px, so that the "
+            raise ValueError(f"{widget} {px}: must be a multiple of {ratio} × pool_kernel = {multiple} px, so that the "
                              f"{pool_kernel}×{pool_kernel} pooling of the diversity term tiles the latent "
-                             f"({px} px -> {px // 8} latent cells); e.g. {nearest}")
-    return (student.model.latent_format.latent_channels, height // 8, width // 8)
+                             f"({px} px -> {px // ratio} latent cells); e.g. {nearest}")
+    extra = (1,) * (int(getattr(latent_format, "latent_dimensions", 2)) - 2)  # one frame
+    return (latent_format.latent_channels, *extra, height // ratio, width // ratio)
 
 
-def student_shift(student, steps: int) -> float:
-    """The flow shift of the student's sampling, checked: sda_core's sigmas must be ComfyUI's simple schedule."""
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The student's sampling as ComfyUI runs it: sigmas of the scheduler, flow shift, noise scaling."""
+
+    sigmas: tuple[float, ...]
+    shift: float | None
+    noise_scale: float | None  # None: a flow model's (x = σ0·noise)
+    flow: bool
+
+
+def student_schedule(student, steps: int, scheduler: str) -> Schedule:
+    """The sigmas KSampler samples the student with (its model sampling, ModelSampling* patches included) and how
+    it scales noise onto an empty latent at the first one."""
     sampling_ = student.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling_, scheduler, steps).float().cpu()
+    flow = student.model.model_type.name in FLOW_TYPES
+    noise_scale = None
+    if not flow:
+        first = sigmas[:1]
+        max_denoise = math.isclose(float(sampling_.sigma_max), float(first), rel_tol=1e-5) or float(first) > float(
+            sampling_.sigma_max)  # what KSampler decides for a full denoise
+        noise_scale = float(sampling_.noise_scaling(first, torch.ones(1), torch.zeros(1), max_denoise))
     shift = getattr(sampling_, "shift", None)
-    if shift is None:
-        raise ValueError(f"student: its model sampling ({type(sampling_).__name__}) has no flow shift; SDA training "
-                         "follows a shifted discrete flow schedule like Z-Image's")
-    ours = flow_sigmas(steps, float(shift))
-    theirs = comfy.samplers.calculate_sigmas(sampling_, EVAL_SAMPLER[1], steps).float().cpu()
-    if ours.shape != theirs.shape or not torch.allclose(ours, theirs, atol=1e-5):
-        raise ValueError(f"student: its {steps}-step simple schedule {theirs.tolist()} is not the shifted flow schedule "
-                         f"the trainer follows ({ours.tolist()}); its model sampling {type(sampling_).__name__} is "
-                         "not supported")
-    return float(shift)
+    return Schedule(tuple(sigmas.tolist()), float(shift) if shift is not None and flow else None, noise_scale, flow)
 
 
-def lokr_targets(model, include_refiners: bool) -> dict[str, Target]:
-    """The student's Z-Image attention (q, k, v, out) and feed-forward (w1-w3) modules, by diffusers name."""
-    chosen = {}
-    for name, target in module_targets(host.model_layout(model)).items():
-        match = LOKR_TARGET.match(name)
-        if match and (include_refiners or match["block"] == "layers"):
-            chosen[name] = target
+def parameterization(model):
+    """sigma [B] -> (c_skip, c_out) of the model's own prediction, read off ComfyUI's `calculate_denoised`
+    (affine in the model output and input): what a v-prediction or eps anchor compares."""
+    sampling_ = model.get_model_object("model_sampling")
+
+    def coefficients(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ones = torch.ones(sigma.shape[0], 1, dtype=torch.float32, device=sigma.device)
+        zeros = torch.zeros_like(ones)
+        sig = sigma.float()
+        c_skip = sampling_.calculate_denoised(sig, zeros, ones).reshape(-1)
+        c_out = -sampling_.calculate_denoised(sig, ones, zeros).reshape(-1)
+        return c_skip, c_out
+
+    return coefficients
+
+
+def lokr_targets(model, include_refiners: bool) -> tuple[TargetTable, dict[str, Target]]:
+    """The student's attention and feed-forward layers the LoKr trains (targets.TABLES), named as its file does."""
+    table = target_table(model)
+    if table is None:
+        raise ValueError(f"student: SDA training has no target table for {architecture_name(model)} "
+                         f"({type(model.model).__name__}); it trains {SUPPORTED}")
+    layout = host.model_layout(model)
+    if layout.key_map is None:  # Z-Image: the pack's own map, in its file's names
+        names = {table.prefix + name: target for name, target in module_targets(layout).items()}
+    else:
+        names = key_map_targets(layout)
+    chosen = select_targets(table, names, include_refiners)
     if not chosen:
-        raise ValueError(f"student: {describe_model(model)} has no Z-Image transformer blocks "
-                         "(layers.N.attention.to_q … feed_forward.w3); the SDA LoKr trains Z-Image")
-    return chosen
+        raise ValueError(f"student: {describe_model(model)} has no {table.family} transformer blocks "
+                         f"({table.blocks}); the SDA LoKr trains those")
+    return table, chosen
 
 
 @dataclasses.dataclass(frozen=True)

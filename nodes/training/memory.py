@@ -118,13 +118,20 @@ def smaller_sizes(student, config: SDAConfig, width: int, height: int) -> list[t
 
 
 def plan_run(student, teacher, config: SDAConfig, targets: dict, positive: list, assistant: bool,
-             gradient_checkpointing: bool, width: int, height: int) -> tuple[MemoryPlan, list[str]]:
+             gradient_checkpointing: bool, width: int, height: int, family: str = "Z-Image"
+             ) -> tuple[MemoryPlan | None, list[str]]:
     """The plan and its report lines; raises `RunDoesNotFit` (a MemoryError) when it exceeds the device (not CPU).
+
+    The plan models Z-Image's blocks (measured, see docs/memory_plan.md); for another architecture there is no
+    plan (None) and the report says so.
 
     A separate teacher counts as resident beside the student when both fit, else as swapped in for its
     forwards, as the session loads them; teacher_batch counts only for a swapped teacher (the session uses it
     only there).
     """
+    if family != "Z-Image":
+        return None, [f"memory plan: not made for {family} (the plan models Z-Image's blocks); if the device runs "
+                      "short, turn on gradient_checkpointing or lower width/height"]
     device = student.load_device
     facts = gather(student, teacher, config, targets, positive, assistant, gradient_checkpointing)
     if facts.teacher != "swapped":

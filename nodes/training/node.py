@@ -20,14 +20,16 @@ import os
 import torch
 
 import comfy.model_management as mm
+import comfy.samplers
 from comfy_api.latest import io
 
 from ...sda_core.training import (Checkpoint, LoKrSet, SDAConfig, TeacherNotFinite, TrainingDiverged, TrainResult,
-                                  flow_sigmas, load_checkpoint, train)
+                                  load_checkpoint, train)
+from ...sda_core.training.targets import TargetTable
 from ...sda_core.training.plot import draw_loss_curves, summarize
 from .. import host
 from .checks import (CATEGORY, NONE, REPORT_WINDOW, RunFiles, describe_model, latent_shape, lokr_targets,
-                     require_flow, require_same_family, student_shift)
+                     require_same_family, require_trainable, student_schedule)
 from .conds import gather_prompts, negative_conditioning, prompt_fingerprint
 from .memory import plan_run
 from .progress import EvalPlan, Evaluator, Progress, make_eval_plan, save_run_lokr
@@ -50,9 +52,9 @@ class Outcome:
     gradient_checkpointing: bool
 
 
-def run_training(student, teacher, config: SDAConfig, files: RunFiles, *, targets, positive, negative, assistant,
-                 gradient_checkpointing: bool, resume: bool, details: dict, eval_plan: EvalPlan | None,
-                 node_id: str | None) -> Outcome:
+def run_training(student, teacher, config: SDAConfig, files: RunFiles, *, table: TargetTable, targets, positive,
+                 negative, assistant, gradient_checkpointing: bool, resume: bool, details: dict,
+                 eval_plan: EvalPlan | None, node_id: str | None) -> Outcome:
     """Set up, train (resuming if asked), save; ComfyUI's objects are restored whatever happens."""
     notes: list[str] = []
     with torch.inference_mode(False), torch.enable_grad():  # tensors made here (checkpoint state too) can train
@@ -64,8 +66,8 @@ def run_training(student, teacher, config: SDAConfig, files: RunFiles, *, target
                 _restore_lokr(checkpoint, session.lokr, files)
             session.start()
             evaluator = _start_evaluator(session, eval_plan, config, files, checkpoint, notes)
-            result = _train(session, config, files, checkpoint, evaluator, details, node_id)
-            return _save(session, config, files, result, evaluator, details, notes)
+            result = _train(session, config, files, table, checkpoint, evaluator, details, node_id)
+            return _save(session, config, files, table, result, evaluator, details, notes)
         finally:
             session.close()
 
@@ -93,7 +95,7 @@ def _start_evaluator(session: Session, plan: EvalPlan | None, config: SDAConfig,
     (at step 0 the frozen student: the baseline)."""
     if plan is None:
         return None
-    evaluator = Evaluator(session, plan, config.student_steps, files.best_factors)
+    evaluator = Evaluator(session, plan, config.student_steps, files.best_factors, config.scheduler)
     if checkpoint is not None:
         notes += filter(None, [evaluator.restore(checkpoint.extra)])
     step = checkpoint.step if checkpoint is not None else 0
@@ -102,7 +104,7 @@ def _start_evaluator(session: Session, plan: EvalPlan | None, config: SDAConfig,
     return evaluator
 
 
-def _train(session: Session, config: SDAConfig, files: RunFiles, checkpoint: Checkpoint | None,
+def _train(session: Session, config: SDAConfig, files: RunFiles, table: TargetTable, checkpoint: Checkpoint | None,
            evaluator: Evaluator | None, details: dict, node_id: str | None) -> TrainResult:
     """sda_core's loop with ComfyUI's progress bar, interrupt and the eval hooked in."""
     progress = Progress(config.steps, node_id)
@@ -129,7 +131,7 @@ def _train(session: Session, config: SDAConfig, files: RunFiles, checkpoint: Che
                            "(load it alone and sample) or load it in a wider dtype (fp32/bf16 instead of fp16).") from None
     except TrainingDiverged as exc:
         path, _ = save_run_lokr(files, session.lokr, files.save_name + "_diverged", config, exc.last_good_step,
-                                {**details, "diverged": True})
+                                {**details, "diverged": True}, table)
         raise RuntimeError(f"{exc} That LoKr was saved as {path}.") from None
     if evaluator is not None and evaluator.interrupted:
         result.stopped = f"during the eval render after step {result.steps}"
@@ -147,15 +149,15 @@ def _take_cancel() -> bool:
     return True
 
 
-def _save(session: Session, config: SDAConfig, files: RunFiles, result: TrainResult, evaluator: Evaluator | None,
-          details: dict, notes: list[str]) -> Outcome:
+def _save(session: Session, config: SDAConfig, files: RunFiles, table: TargetTable, result: TrainResult,
+          evaluator: Evaluator | None, details: dict, notes: list[str]) -> Outcome:
     """The LoKr as trained so far (and the best by diversity) as new files in models/loras."""
     path, name = save_run_lokr(files, session.lokr, files.save_name, config, result.steps,
-                               {**details, "interrupted": result.interrupted})
+                               {**details, "interrupted": result.interrupted}, table)
     best = None
     if evaluator is not None and evaluator.best is not None:
         best_path, _ = save_run_lokr(files, evaluator.best, files.save_name + "_best", config,
-                                     evaluator.best_entry["step"], {**details, "eval": evaluator.best_entry})
+                                     evaluator.best_entry["step"], {**details, "eval": evaluator.best_entry}, table)
         best = (best_path, evaluator.best_entry)
     return Outcome(result, path, name, best, evaluator.history if evaluator else [], notes,
                    session.residency.describe(), len(session.lokr), sum(p.numel() for p in session.lokr.parameters()),
@@ -182,13 +184,16 @@ def _resume_checkpoint(files: RunFiles, config: SDAConfig, details: dict, notes:
         raise ValueError(f"resume: {exc}. Delete or move that file to start over under this save_name, or turn "
                          "resume off (a new run replaces it), or choose another save_name") from None
     changed = [f"{k} {checkpoint.config.get(k)!r} -> {v!r}" for k, v in config.to_dict().items()
-               if k != "steps" and checkpoint.config.get(k) != v]
+               if k != "steps" and checkpoint.config.get(k, _DEFAULTS.get(k)) != v]
     notes.append(f"resumed from step {checkpoint.step} ({files.checkpoint})")
     if changed:
         notes.append("settings changed since the checkpoint: " + "; ".join(changed))
     if checkpoint.extra.get("prompts") not in (None, details["prompts"]):
         notes.append("the prompts differ from the checkpoint's: the rest of the run trains on the new ones")
     return checkpoint
+
+
+_DEFAULTS = {"sigmas": None, "scheduler": "simple", "noise_scale": None}  # what a checkpoint older than them meant
 
 
 def build_report(files: RunFiles, config: SDAConfig, outcome: Outcome, prompt_note: str, negative_note: str,
@@ -205,7 +210,7 @@ def build_report(files: RunFiles, config: SDAConfig, outcome: Outcome, prompt_no
         *outcome.notes,
         f"models: {outcome.residency}; prompts: {prompt_note}; {negative_note}; assistant adapter: {assistant}",
         f"LoKr: {outcome.lokr_modules} modules, factor {config.factor}, {rank}, {outcome.lokr_params} parameters",
-        f"settings: {config.student_steps}-step schedule (shift {config.shift:g}), latent {list(config.latent_shape)}, "
+        f"settings: {schedule_words(config)}, latent {list(config.latent_shape)}, "
         f"lr {config.lr:g}, lambda_div {config.lambda_div:g}, huber_delta {config.huber_delta:g}, pool_kernel "
         f"{config.pool_kernel}, div_skip {config.div_skip}, grad_clip "
         f"{config.grad_clip:g}" + (" (off)" if config.grad_clip <= 0 else "") + f", seed {config.seed}"
@@ -237,16 +242,24 @@ def build_report(files: RunFiles, config: SDAConfig, outcome: Outcome, prompt_no
     return "\n".join(lines)
 
 
+def schedule_words(config: SDAConfig) -> str:
+    """"8-step schedule (shift 3)" (the simple scheduler), "4-step sgm_uniform schedule" …"""
+    name = "" if config.scheduler == "simple" else f" {config.scheduler}"
+    shift = f" (shift {config.shift:g})" if config.shift is not None else ""
+    return f"{config.student_steps}-step{name} schedule{shift}"
+
+
 def diversity_span(config: SDAConfig) -> str:
     """Where on the student's schedule the diversity term works, in σ: div_skip is an index, σ is what it means."""
-    sigmas = flow_sigmas(config.student_steps, config.shift).tolist()
+    sigmas = config.schedule().tolist()
     n, k = config.student_steps, config.div_skip
+    where = f", shift {config.shift:g}" if config.shift is not None else f", {config.scheduler} schedule"
     if k == 0:
         return "diversity term: off (div_skip 0): anchor only"
     if k >= n:
         return f"diversity term: on every step of the {n}-step schedule, σ {sigmas[0]:.3f} down to {sigmas[n - 1]:.3f}"
     return (f"diversity term: schedule steps 0-{k - 1} (σ {sigmas[0]:.3f} down to {sigmas[k - 1]:.3f}); it stops at "
-            f"σ {sigmas[k]:.3f} (step {k} of {n}, shift {config.shift:g}), where steps are pure anchor")
+            f"σ {sigmas[k]:.3f} (step {k} of {n}{where}), where steps are pure anchor")
 
 
 def _int(id: str, default: int, lo: int, hi: int, tooltip: str, optional: bool = False) -> io.Int.Input:
@@ -265,8 +278,10 @@ class SDATrainLoKr(io.ComfyNode):
                          "Saves to models/loras; stop it any time and continue with resume."),
             is_output_node=True,
             inputs=[
-                io.Model.Input("student", tooltip="The few-step model to train (e.g. Z-Image-Turbo; LoRAs may be "
-                               "applied). It comes out untouched; the trained LoKr is applied on the MODEL output."),
+                io.Model.Input("student", tooltip="The few-step model to train (e.g. Z-Image-Turbo, FLUX.1-schnell, "
+                               "SD3.5 Large Turbo, Qwen-Image + Lightning, an SDXL Lightning/DMD2/Hyper model; LoRAs "
+                               "may be applied). It comes out untouched; the trained LoKr is applied on the MODEL "
+                               "output."),
                 io.Model.Input("teacher", tooltip="The many-step model of the same family (same latents and text "
                                "encoder) whose seed-to-seed changes the student should follow. Never trained."),
                 io.String.Input("prompts", multiline=True, default="",
@@ -285,8 +300,9 @@ class SDATrainLoKr(io.ComfyNode):
                                tooltip="A de-distill training adapter in models/loras: on for the anchor, off for the "
                                        "diversity forward (and the rollout, see rollout_with_assistant). None: no "
                                        "adapter."),
-                _int("width", 512, 64, 4096, "Training resolution in pixels (latent = width/8); a multiple of 8 × "
-                     "pool_kernel. 512: affordable, and large enough for composition to form."),
+                _int("width", 512, 64, 4096, "Training resolution in pixels (latent = width/8 for every supported "
+                     "model); a multiple of 8 × pool_kernel. 512: affordable, and large enough for composition to "
+                     "form."),
                 _int("height", 512, 64, 4096, "Training resolution in pixels (latent = height/8); a multiple of 8 × "
                      "pool_kernel."),
                 _int("steps", 500, 1, 1_000_000, "Total optimiser steps (a resumed run counts the earlier ones). "
@@ -299,22 +315,24 @@ class SDATrainLoKr(io.ComfyNode):
                                        "0: anchor only (nothing moves); 1: equal weight (the card names "
                                        "lambda_div but gives no value)."),
                 io.Float.Input("huber_delta", default=0.08, min=1e-4, max=10.0, step=0.01,
-                               tooltip="Huber delta of the anchor to the frozen student, in velocity units: "
-                                       "quadratic below, linear above. 0.08: the card's."),
+                               tooltip="Huber delta of the anchor to the frozen student, in units of the model's "
+                                       "own prediction (velocity for flow models, noise for eps, v for "
+                                       "v-prediction): quadratic below, linear above. 0.08: the card's."),
                 _int("pool_kernel", 8, 1, 64, "Average-pool kernel (latent cells) on the seed-to-seed deltas: only "
                      "macro-composition counts, not texture. 8: the card's."),
                 _int("div_skip", 7, 0, 100, "The diversity term runs on schedule steps 0..div_skip-1, later steps "
-                     "are pure anchor (0: never; = student_steps: always). 7 of 8 stops it at σ 0.30 (shift 3), "
-                     "where only fine detail is left; the report gives the σ for your settings."),
+                     "are pure anchor (0: never; = student_steps: always). 7 of 8 stops it at σ 0.30 on Z-Image "
+                     "(shift 3), where only fine detail is left; the report gives the σ for your model and settings."),
                 _int("student_steps", 8, 1, 100, "The student's sampling steps: training follows its schedule "
-                     "(ComfyUI's simple scheduler at the student's shift). 8: Z-Image-Turbo's."),
+                     "(scheduler below, on the student's own model sampling and shift). 8: Z-Image-Turbo's and "
+                     "Qwen-Image-Lightning's; 4: FLUX.1-schnell's, SD3.5 Large Turbo's, SDXL-Lightning 4-step's."),
                 _int("lokr_factor", 8, 1, 64, "LoKr Kronecker factor: the small w1 is about factor × factor. "
                      "8: the card's."),
                 _int("lokr_rank", 0, 0, 4096, "0: full lokr_w2 (the card's setting); r > 0: w2 = w2_a @ w2_b of "
                      "rank r, a smaller file that learns less."),
                 io.Boolean.Input("include_refiners", default=False,
-                                 tooltip="Also train the noise/context refiner blocks. Off: the main transformer "
-                                         "layers only, as the card."),
+                                 tooltip="Z-Image only: also train the noise/context refiner blocks. Off: the main "
+                                         "transformer layers only, as the card."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute block activations in backward: less memory, about a third "
                                          "slower; the same result."),
@@ -344,6 +362,11 @@ class SDATrainLoKr(io.ComfyNode):
                                  tooltip="Off (default): x_t is rolled out without the assistant adapter, on the "
                                          "trajectory users sample (they never load the assistant). On: with it, as "
                                          "the anchor sees the model."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="simple",
+                               optional=True,
+                               tooltip="The scheduler you sample the student with (KSampler's): the loss trains on "
+                                       "its sigmas. simple: Z-Image-Turbo's, FLUX.1-schnell's, Qwen-Image-Lightning's; "
+                                       "sgm_uniform: SDXL-Lightning's."),
                 _int("teacher_batch", 1, 1, 64, "Steps whose teacher targets are made at once when the teacher is "
                      "loaded only for its forwards (it does not fit beside the student): one teacher swap per K "
                      "steps instead of one per step, but x_t and targets up to K-1 updates old. 1: made every step "
@@ -369,18 +392,24 @@ class SDATrainLoKr(io.ComfyNode):
                 save_name: str, checkpoint_every: int, resume: bool, clip=None, conditioning=None,
                 negative_prompt: str = "", teacher_cfg: float = 1.0, assistant_adapter: str = NONE, vae=None,
                 eval_every: int = 0, eval_seeds: int = 4, grad_clip: float = 1.0,
-                rollout_with_assistant: bool = False, teacher_batch: int = 1) -> io.NodeOutput:
-        require_flow(student, "student")
-        require_flow(teacher, "teacher")
+                rollout_with_assistant: bool = False, teacher_batch: int = 1,
+                scheduler: str = "simple") -> io.NodeOutput:
+        require_trainable(student, "student")
+        require_trainable(teacher, "teacher")
         require_same_family(student, teacher)
+        table, targets = lokr_targets(student, include_refiners)
         files = RunFiles.for_name(save_name)
+        schedule = student_schedule(student, student_steps, scheduler)
+        if div_skip > student_steps:
+            raise ValueError(f"div_skip {div_skip}: div_skip must lie in 0..{student_steps} (student_steps); "
+                             f"{student_steps - 1} keeps the last step pure anchor, as the card's 7 of 8 does")
         config = SDAConfig(
             steps=steps, lr=learning_rate, lambda_div=lambda_div, huber_delta=huber_delta, pool_kernel=pool_kernel,
-            div_skip=div_skip, student_steps=student_steps, shift=student_shift(student, student_steps),
-            factor=lokr_factor, rank=lokr_rank or None, teacher_cfg=teacher_cfg, seed=seed,
-            checkpoint_every=checkpoint_every, latent_shape=latent_shape(student, width, height, pool_kernel),
-            grad_clip=grad_clip, rollout_with_assistant=rollout_with_assistant, teacher_batch=teacher_batch)
-        targets = lokr_targets(student, include_refiners)
+            div_skip=div_skip, student_steps=student_steps, shift=schedule.shift, sigmas=schedule.sigmas,
+            scheduler=scheduler, noise_scale=schedule.noise_scale, factor=lokr_factor, rank=lokr_rank or None,
+            teacher_cfg=teacher_cfg, seed=seed, checkpoint_every=checkpoint_every,
+            latent_shape=latent_shape(student, width, height, pool_kernel), grad_clip=grad_clip,
+            rollout_with_assistant=rollout_with_assistant, teacher_batch=teacher_batch)
         positive, prompt_note = gather_prompts(prompts, clip, conditioning)
         negative, negative_note = negative_conditioning(teacher_cfg, clip, negative_prompt, positive)
         use_assistant = assistant_adapter not in (None, "", NONE)
@@ -388,11 +417,13 @@ class SDATrainLoKr(io.ComfyNode):
         details = {"student": describe_model(student), "teacher": describe_model(teacher),
                    "prompts": prompt_fingerprint(positive), "prompt_count": len(positive),
                    "assistant_adapter": assistant_adapter if use_assistant else None,
-                   "include_refiners": include_refiners, "trainer": "comfyui-sda SDATrainLoKr"}
+                   "include_refiners": include_refiners, "architecture": table.family,
+                   "trainer": "comfyui-sda SDATrainLoKr"}
         eval_plan = make_eval_plan(vae, eval_every, eval_seeds, seed, width, height, positive, negative)
         _, plan_lines = plan_run(student, teacher, config, targets, positive, use_assistant, gradient_checkpointing,
-                                 width, height)  # refuses, before anything loads, a run that does not fit
-        outcome = run_training(student, teacher, config, files, targets=targets, positive=positive, negative=negative,
+                                 width, height, table.family)  # refuses, before anything loads, a run that does not fit
+        outcome = run_training(student, teacher, config, files, table=table, targets=targets, positive=positive,
+                               negative=negative,
                                assistant=assistant, gradient_checkpointing=gradient_checkpointing, resume=resume,
                                details=details, eval_plan=eval_plan, node_id=cls.hidden.unique_id)
         trained = host.load_for_model(student, outcome.lokr_name, widget="save_name")

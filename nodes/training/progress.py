@@ -18,6 +18,7 @@ import comfy.utils
 from ...sda_core.diversity.scores import score_batch
 from ...sda_core.training import LoKrSet, SDAConfig, save_lokr, training_metadata
 from ...sda_core.training.atomic_save import atomic_save_safetensors
+from ...sda_core.training.targets import TargetTable
 from .. import host, sampling
 from .checks import EVAL_SAMPLER, RunFiles
 from .conds import zeroed
@@ -90,8 +91,9 @@ class Evaluator:
     average pairwise LPIPS; keeps a copy of the LoKr with the best score. An interrupt during sampling is
     recorded (the training loop then stops and saves) instead of failing the node."""
 
-    def __init__(self, session: Session, plan: EvalPlan, steps: int, best_path: str) -> None:
+    def __init__(self, session: Session, plan: EvalPlan, steps: int, best_path: str, scheduler: str = "simple") -> None:
         self.session, self.plan, self.steps, self.best_path = session, plan, steps, best_path
+        self.scheduler = scheduler
         self.history: list[dict] = []
         self.best: LoKrSet | None = None
         self.best_entry: dict | None = None
@@ -104,7 +106,7 @@ class Evaluator:
                 plan = self.plan
                 latents, _ = sampling.sample_seeds(
                     self.session.clone, plan.positive, plan.negative, plan.seeds, width=plan.width, height=plan.height,
-                    steps=self.steps, cfg=1.0, sampler_name=EVAL_SAMPLER[0], scheduler=EVAL_SAMPLER[1],
+                    steps=self.steps, cfg=1.0, sampler_name=EVAL_SAMPLER, scheduler=self.scheduler,
                     batch_size=len(plan.seeds))
                 images = host.decode(plan.vae, latents)
                 scores, _ = score_batch(images, plan.lpips)
@@ -148,9 +150,10 @@ class Evaluator:
 
 
 def save_run_lokr(files: RunFiles, lokr: LoKrSet, name: str, config: SDAConfig, steps_done: int,
-                  details: dict) -> tuple[str, str]:
-    """(absolute path, name relative to the loras folder) of a newly written LoKr file (never overwriting)."""
+                  details: dict, table: TargetTable) -> tuple[str, str]:
+    """(absolute path, name relative to the loras folder) of a newly written LoKr file (never overwriting), its
+    modules named as the architecture's table says."""
     meta = training_metadata(config, steps_done, details["student"], **details)
-    path = save_lokr(name, lokr, meta, root=files.loras_root)
+    path = save_lokr(name, lokr, meta, root=files.loras_root, module_key=table.file_key)
     return path, os.path.relpath(path, files.loras_root)
 

@@ -14,11 +14,12 @@ import comfy.model_management as mm
 import comfy.patcher_extension
 
 from ...sda_core.adapters import LoadedAdapter, Target
-from ...sda_core.training import LoKrSet, SDAConfig, SDAModels, flow_sigmas
+from ...sda_core.training import LoKrSet, SDAConfig, SDAModels
 from ...sda_core.training.bypass import LoKrBypass
 from ...sda_core.training.grad_checkpoint import Switches, checkpoint_blocks
-from ...sda_core.training.rope import with_rotation_backward
+from ...sda_core.training.rope import with_rotation_backward, with_rotation_backward1
 from .. import host
+from .checks import FLOW_TYPES, parameterization
 from .conds import BatchedConds, batch_model_conds, model_conds
 from .shared_teacher import TeacherSwitch, attach_teacher, teacher_additions
 
@@ -171,6 +172,34 @@ def attach_lokr(model, targets: dict[str, Target], config: SDAConfig, device) ->
     return lokr
 
 
+class InputCopy:
+    """A norm layer's forward on a copy of its input whenever a gradient is wanted.
+
+    FLUX.1's and SD3's blocks add their residuals in place (`img += …`) into the tensor they just normalised,
+    and a layer norm keeps its input for backward: autograd then refuses the backward ("modified by an inplace
+    operation"). Normalising a copy leaves the norm's saved tensor untouched; forwards without grad (rollout,
+    baseline, teacher) run as loaded.
+    """
+
+    def __init__(self, forward: Callable[..., torch.Tensor]) -> None:
+        self.forward = forward
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            x = x.clone()
+        return self.forward(x, *args, **kwargs)
+
+
+def copy_norm_inputs(model) -> int:
+    """`InputCopy` on every layer norm and group norm of `model` (a clone, before loading), as object patches."""
+    count = 0
+    for name, module in model.model.diffusion_model.named_modules():
+        if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+            model.add_object_patch(f"{host.MODEL_PREFIX}{name}.forward", InputCopy(module.forward))
+            count += 1
+    return count
+
+
 def train_in_fp32(model) -> None:
     """Run `model` (the training clone) in fp32, its weights kept as loaded: ComfyUI casts each as it is used.
 
@@ -204,23 +233,33 @@ def attach_assistant(model, loaded: LoadedAdapter) -> AssistantSwitch:
     return switch
 
 
+ROPE_KERNELS = {"apply_rope": with_rotation_backward, "apply_rope1": with_rotation_backward1}
+
+
 @contextlib.contextmanager
 def differentiable_rope(model) -> Iterator[None]:
-    """The model code's RoPE made differentiable while training, put back on exit.
+    """ComfyUI's RoPE kernels made differentiable while training, put back on exit.
 
-    ComfyUI 0.8 computes RoPE with comfy-kitchen's fused op, which has no backward; the model's module
-    global `apply_rope` is swapped for the same op with a rotation backward (sda_core.training.rope).
+    ComfyUI 0.8 computes RoPE with comfy-kitchen's fused ops, which have no backward. Model code calls them as
+    module globals imported from comfy.ldm.flux.math: `apply_rope` (Flux's attention, Z-Image) and
+    `apply_rope1` (Qwen-Image). Each such global of ComfyUI's model modules (and of the model's own module) is
+    swapped for the same op with a rotation backward (sda_core.training.rope).
     """
-    module = sys.modules.get(type(model.model.diffusion_model).__module__)
-    original = getattr(module, "apply_rope", None)
-    if original is None or hasattr(original, "wrapped"):
-        yield
-        return
-    module.apply_rope = with_rotation_backward(original)
+    own = type(model.model.diffusion_model).__module__
+    swapped = []
     try:
+        for name, module in list(sys.modules.items()):
+            if module is None or not (name.startswith("comfy.ldm.") or name == own):
+                continue
+            for kernel, wrap in ROPE_KERNELS.items():
+                original = vars(module).get(kernel)
+                if callable(original) and not hasattr(original, "wrapped"):
+                    setattr(module, kernel, wrap(original))
+                    swapped.append((module, kernel, original))
         yield
     finally:
-        module.apply_rope = original
+        for module, kernel, original in reversed(swapped):
+            setattr(module, kernel, original)
 
 
 def transformer_blocks(model) -> list[torch.nn.Module]:
@@ -247,13 +286,14 @@ class Session:
         device = mm.get_torch_device()
         clone = student.clone()
         train_in_fp32(clone)
+        copy_norm_inputs(clone)
         lokr = attach_lokr(clone, targets, config, device)
         switch = attach_assistant(clone, assistant) if assistant is not None else None
         additions = teacher_additions(student, teacher)
         teacher_switch = attach_teacher(clone, additions) if additions is not None else None
         weights = TrainableWeights(clone.model)
         residency = Residency(clone, teacher, weights, shared_weights=additions is not None)
-        sigmas = flow_sigmas(config.student_steps, config.shift).to(device)
+        sigmas = config.schedule().to(device)
         latent = torch.zeros((1, *config.latent_shape), device=device)
         conds = [c for cond in positive for c in model_conds(clone, cond, latent, "positive")]
         models = SDAModels(
@@ -262,7 +302,8 @@ class Session:
             make_shared_teacher(clone, teacher, residency, sigmas, lokr, switch, teacher_switch),
             lokr=lokr, conds=conds, assistant=switch.off if switch else None,
             negative=model_conds(clone, negative, latent, "negative")[0] if negative else None,
-            batch_conds=batch_model_conds, device=device)
+            batch_conds=batch_model_conds, device=device,
+            parameterization=None if student.model.model_type.name in FLOW_TYPES else parameterization(student))
         return cls(clone, lokr, switch, weights, residency, models, gradient_checkpointing, contextlib.ExitStack())
 
     def start(self) -> None:

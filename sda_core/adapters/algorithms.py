@@ -23,6 +23,7 @@ from lycoris.functional import locon as ly_locon
 
 from .errors import AdapterError
 from .keys import ALGO_ROLES
+from .layout import transform_delta
 
 BACKEND = "torch"
 # Trainers write scales alpha/rank from about 0.01 to 16 (rsLoRA alpha 32 at rank 4 gives 16); a thousand is far
@@ -74,6 +75,7 @@ class AdapterModule:
                  keys: Mapping[str, str] | None = None, *, alpha_key: str | None = None):
         self.name = name
         self.source = "the adapter"  # the file's label, set by load_adapter, for errors raised at patch time
+        self.transform: str | None = None  # the host's change to the delta where it lands (Target.transform)
         self.factors = {k: v for k, v in factors.items() if k in ALGO_ROLES[self.algo]}
         self.alpha = None if alpha is None else float(alpha)
         self.keys = dict(keys or {})
@@ -129,13 +131,14 @@ class AdapterModule:
 
     def delta(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
               device: torch.device | str | None = None) -> torch.Tensor:
-        """scale · ΔW as a tensor of `shape`, computed in `dtype` on `device`."""
+        """scale · ΔW as a tensor of `shape`, computed in `dtype` on `device`, as the layer takes it (after the
+        host's transform of the delta, e.g. scale and shift halves swapped)."""
         shape = tuple(int(s) for s in shape)
         if not fits(self.shape, shape):
             raise ValueError(f"{self.name}: the delta has shape {_fmt(self.shape)}, which does not fit {_fmt(shape)}")
         f = {k: v.to(device=device, dtype=dtype) for k, v in self.factors.items()}
         with torch.no_grad():
-            out = self._delta(f).reshape(shape)
+            out = transform_delta(self._delta(f).reshape(shape), self.transform)
         check_finite_delta(out, self.source, self.name, dtype)
         return out
 

@@ -60,7 +60,7 @@ def guess_architecture(keys: Iterable[str], tensors: Mapping[str, torch.Tensor] 
     if has(r"transformer_blocks[._]\d+[._]attn[._]add_q_proj|transformer_blocks[._]\d+[._]ff_context"):
         return "an MMDiT (SD3 or Flux)"
     if has(r"(^|[._])layers[._]\d+[._]attention[._]") and has(r"feed_forward"):
-        return "Lumina 2 / Z-Image (of another size)"
+        return "Lumina 2 / Z-Image"
     if low and all(re.match(r"(lora_te\d?_|text_encoder|te\d?\.)", k) for k in low):
         return "a text encoder only"
     return None
@@ -79,7 +79,7 @@ GUESS_FAMILIES: dict[str, frozenset[str]] = {
     "SD2.x (UNet)": frozenset({"BaseModel", "SD21UNCLIP"}),
     "SD1.x/SDXL (UNet)": frozenset({"BaseModel", "SDXL", "SDXLRefiner", "SSD1B"}),
     "an MMDiT (SD3 or Flux)": frozenset({"SD3", "Flux", "FluxInpaint"}),
-    "Lumina 2 / Z-Image (of another size)": frozenset({"Lumina2"}),
+    "Lumina 2 / Z-Image": frozenset({"Lumina2"}),
 }
 
 

@@ -108,6 +108,7 @@ def load_adapter(source: str | os.PathLike | Mapping[str, torch.Tensor], layout:
         except FactorError as exc:
             raise AdapterError(f"{label}: {exc}") from None
         module.source = label
+        module.transform = target.transform
         if not fits(module.shape, target.shape):
             mismatches.append((group.key(), target, module.shape))
             continue

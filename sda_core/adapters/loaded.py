@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .algorithms import AdapterModule
-from .layout import Target
+from .layout import SWAP_HALVES, Target
 
 ALGO_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr"}
 FORMAT_NAMES = {"lycoris": "LyCORIS", "kohya": "kohya/musubi", "diffusers": "diffusers", "peft": "PEFT",
@@ -86,6 +86,10 @@ class LoadedAdapter:
             else:
                 patched += f" ({sliced} modules land on row slices of fused weights, as ComfyUI maps them)"
         lines.append("  " + patched)
+        swapped = sum(1 for t, _ in self.placements if t.transform == SWAP_HALVES)
+        if swapped:
+            lines.append(f"  {swapped} × modulation (e.g. norm_out.linear): scale and shift halves swapped on landing "
+                         "(diffusers orders them the other way), as ComfyUI places them")
         if self.unplaced:
             shown = [f"{name} ({self.unplaced_reasons[name]})" if name in self.unplaced_reasons else name
                      for name in self.unplaced[:UNPLACED_SHOWN]]

@@ -1,7 +1,9 @@
 """SDA LoKr training over plain denoiser callables (pure torch; the node layer builds the callables).
 
 lokr        TrainableLoKr / LoKrSet / SlicedLoKr (LyCORIS maths, weight-wrapper shaped)
-schedule    the student's flow sigmas (ComfyUI's simple scheduler, shift) and no-grad Euler rollout
+trajectory  the flow sigmas of a shift (ComfyUI's simple scheduler) and the no-grad Euler rollout; a host's own
+            sigmas and noise scale come in through SDAConfig
+targets     the layers an SDA LoKr trains per architecture, and their names in the saved file
 loss        the SDA terms, one pure function each;  step: the forwards that feed them
 loop        train(): per-step generators, AdamW on the LoKr, skip/diverge, interrupt, checkpoints
 checkpoint  resumable state as safetensors + JSON;  lokr_file: the LoKr file with full metadata (and

@@ -3,10 +3,14 @@
 Defaults are the SDA card's (see docs/method.md): LoKr factor 8 with a full w2, AdamW with weight decay 0.001,
 Huber anchor delta 0.08, avg-pool kernel 8, the diversity term on steps 0..6 of the 8-step schedule
 (step 7 pure anchor), Z-Image's sampling shift 3.0, teacher cfg 1.
+
+Other models bring their own schedule: `sigmas` (the host's scheduler on the student's model sampling) and
+`noise_scale` (how the host scales noise onto an empty latent at the first sigma) replace the flow defaults.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
@@ -14,10 +18,14 @@ import torch
 
 from .lokr import LoKrSet
 
-__all__ = ["SDAConfig", "SDAModels", "Denoiser", "X0_PROJECTION"]
+__all__ = ["SDAConfig", "SDAModels", "Denoiser", "Parameterization", "X0_PROJECTION"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
-"""denoise(x_t [B,C,H,W], sigma [B], cond) -> x0 [B,C,H,W] (ComfyUI's apply_model: the denoised estimate)."""
+"""denoise(x_t [B,C,...], sigma [B], cond) -> x0 [B,C,...] (ComfyUI's apply_model: the denoised estimate)."""
+
+Parameterization = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""sigma [B] -> (c_skip [B], c_out [B]) with x0 = c_skip·x_t − c_out·prediction: how the student's own output
+relates to x0 (flow and eps: (1, σ); v-prediction: (σd²/(σ²+σd²), σ·σd/√(σ²+σd²)))."""
 
 X0_PROJECTION = "x_t - sigma*v (generalises the card's z - v at sigma=1)"
 
@@ -33,7 +41,12 @@ class SDAConfig:
     pool_kernel: int = 8
     div_skip: int = 7  # diversity term only for schedule step index k < div_skip
     student_steps: int = 8
-    shift: float = 3.0
+    shift: float | None = 3.0  # the flow shift of the student's sampling (None: a model sampling without one)
+    # The student's schedule as the host samples it (student_steps + 1 sigmas down to 0); None: the flow schedule
+    # of `shift` (ComfyUI's simple scheduler). `scheduler` names it for the report and the eval renders.
+    sigmas: tuple[float, ...] | None = None
+    scheduler: str = "simple"
+    noise_scale: float | None = None  # x at the first sigma = noise_scale·noise; None: sigmas[0] (flow)
     factor: int = 8
     rank: int | None = None  # None: full w2 (the card's "full rank")
     weight_decay: float = 0.001
@@ -47,11 +60,22 @@ class SDAConfig:
     # x_t and teacher targets made for this many steps at once (one teacher forward, one residency swap); K > 1
     # trains on x_t and targets up to K-1 updates old. 1: made every step.
     teacher_batch: int = 1
-    latent_shape: tuple[int, int, int] = (16, 64, 64)  # (C, H, W): Z-Image latent of a 512 px image
+    # (C, H, W): Z-Image latent of a 512 px image; (C, T, H, W) for a model whose latents have a time axis
+    latent_shape: tuple[int, ...] = (16, 64, 64)
 
     def __post_init__(self) -> None:
         self.latent_shape = tuple(int(v) for v in self.latent_shape)
+        if self.sigmas is not None:
+            self.sigmas = tuple(float(s) for s in self.sigmas)
         self.validate()
+
+    def schedule(self) -> torch.Tensor:
+        """The student's sigmas (float32, steps + 1 values ending at 0): the ones given, or the flow schedule."""
+        if self.sigmas is not None:
+            return torch.tensor(self.sigmas, dtype=torch.float32)
+        from .trajectory import flow_sigmas
+
+        return flow_sigmas(self.student_steps, self.shift)
 
     def validate(self) -> None:
         """Refuse settings the loss cannot honour, with the reason."""
@@ -72,8 +96,17 @@ class SDAConfig:
         need(self.teacher_batch >= 1, f"teacher_batch must be >= 1, got {self.teacher_batch}")
         need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         need(self.teacher_cfg > 0, f"teacher_cfg must be > 0, got {self.teacher_cfg}")
-        need(len(self.latent_shape) == 3, f"latent_shape is (C, H, W), got {self.latent_shape}")
-        _, h, w = self.latent_shape
+        need(len(self.latent_shape) >= 3, f"latent_shape is (C, H, W) or (C, T, H, W), got {self.latent_shape}")
+        need(self.sigmas is not None or self.shift is not None, "a schedule needs sigmas or a flow shift")
+        if self.sigmas is not None:
+            s = self.sigmas
+            need(len(s) == self.student_steps + 1,
+                 f"sigmas must hold student_steps + 1 = {self.student_steps + 1} values, got {len(s)}")
+            need(all(math.isfinite(v) and v >= 0 for v in s) and all(a > b for a, b in zip(s, s[1:])),
+                 f"sigmas must be finite, >= 0 and strictly decreasing, got {list(s)}")
+        need(self.noise_scale is None or (math.isfinite(self.noise_scale) and self.noise_scale > 0),
+             f"noise_scale must be a finite number > 0, got {self.noise_scale}")
+        h, w = self.latent_shape[-2:]
         need(
             self.pool_kernel >= 1 and h >= self.pool_kernel and w >= self.pool_kernel,
             f"pool_kernel {self.pool_kernel} needs a latent of at least that size, got {h}x{w}",
@@ -82,6 +115,8 @@ class SDAConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["latent_shape"] = list(self.latent_shape)
+        if self.sigmas is not None:
+            d["sigmas"] = list(self.sigmas)
         return d
 
 
@@ -96,6 +131,7 @@ class SDAModels:
     conds: positive conds, one picked per prompt row each step; negative: teacher cfg > 1 only.
     batch_conds: list of per-row conds -> one cond for a batched forward (default: concat on dim 0).
     device: where the noise goes (it is always drawn on the CPU, as ComfyUI does, for reproducibility).
+    parameterization: what the student predicts, for the anchor (see `Parameterization`).
     """
 
     student: Denoiser
@@ -106,6 +142,7 @@ class SDAModels:
     negative: Any = None
     batch_conds: Callable[[list], Any] | None = None
     device: torch.device | str = "cpu"
+    parameterization: Parameterization | None = None  # None: a flow model's velocity (c_skip 1, c_out σ)
 
     def validate(self, config: SDAConfig) -> None:
         if not self.conds:

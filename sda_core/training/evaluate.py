@@ -13,7 +13,7 @@ import torch
 from . import loss as L
 from .batching import forward_batched
 from .config import SDAConfig, SDAModels
-from .trajectory import flow_sigmas, rollout
+from .trajectory import rollout
 from .step import teacher_x0
 
 __all__ = ["alignment"]
@@ -32,7 +32,7 @@ def alignment(
     ks defaults to the steps the diversity term trains (0..div_skip-1). Also returns the student's x0
     std and mean |x0| (the magnitude the anchor must keep).
     """
-    sigmas = flow_sigmas(config.student_steps, config.shift)
+    sigmas = config.schedule()
     ks = list(range(max(config.div_skip, 1))) if ks is None else list(ks)
     g = torch.Generator().manual_seed(seed)
     shape = (n_pairs, *config.latent_shape)
@@ -43,7 +43,7 @@ def alignment(
     cos, xs = [], []
     with masked():
         for k in ks:
-            x1, x2 = rollout(models.student, [z1, z2], sigmas, k, conds, models.batch_conds)
+            x1, x2 = rollout(models.student, [z1, z2], sigmas, k, conds, models.batch_conds, config.noise_scale)
             sig = torch.full((2 * n_pairs,), float(sigmas[k]), dtype=x1.dtype, device=x1.device)
             s1, s2 = forward_batched(models.student, torch.cat([x1, x2]), sig, conds * 2, models.batch_conds).float().chunk(2)
             t1, t2 = teacher_x0(models, [x1, x2], float(sigmas[k]), conds, config.teacher_cfg)

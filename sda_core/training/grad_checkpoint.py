@@ -6,6 +6,11 @@ back ON by the time that forward's backward runs. A plain checkpoint would recom
 and silently give the gradient of a different function. Here every checkpointed call records the switches
 and sets them back to those values for its recompute.
 
+A checkpoint keeps each block's inputs for its recompute, and some blocks add their residual into their input
+in place (ComfyUI's FLUX.1 blocks: `img += …`), which would change the kept input before the recompute reads
+it. The block therefore runs on copies of its tensor inputs, made inside the checkpointed region (so the
+recompute copies again and nothing more is kept).
+
 Installed as an instance `forward` on each block and removed on exit, so a shared model is left as it was.
 """
 from __future__ import annotations
@@ -49,8 +54,11 @@ def checkpointed(forward: Callable[..., Any], switches: Switches) -> Callable[..
 
     Without grad (no-grad forwards: rollout, baseline, teacher) it is `forward` itself. Dict arguments
     (e.g. transformer_options, which the caller mutates between blocks) are copied so the recompute sees
-    them as they were.
+    them as they were; tensors are copied inside the region (see the module docstring).
     """
+    def on_copies(*args: Any, **kwargs: Any) -> Any:
+        return forward(*map(_copy, args), **{k: _copy(v) for k, v in kwargs.items()})
+
     def run(*args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():
             return forward(*args, **kwargs)
@@ -60,9 +68,13 @@ def checkpointed(forward: Callable[..., Any], switches: Switches) -> Callable[..
         def contexts():
             return contextlib.nullcontext(), switches.replay(state)
 
-        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, context_fn=contexts, **kwargs)
+        return torch.utils.checkpoint.checkpoint(on_copies, *args, use_reentrant=False, context_fn=contexts, **kwargs)
 
     return run
+
+
+def _copy(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
 
 
 @contextlib.contextmanager

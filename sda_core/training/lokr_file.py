@@ -1,7 +1,8 @@
 """Save a trained LoKr set as a LyCORIS-style safetensors file that ComfyUI loads as is.
 
 Keys `diffusion_model.{diffusers Z-Image module}.lokr_w1|lokr_w2` (or `lokr_w2_a`, `lokr_w2_b`, `alpha`):
-the names ComfyUI maps onto its fused qkv row slices. Unlike core's trainer, the file says how it was
+the names ComfyUI maps onto its fused qkv row slices. Other architectures name modules as their
+`targets.TargetTable` says (diffusers' `transformer.…`, kohya's `lora_unet_…`). Unlike core's trainer, the file says how it was
 made: every SDA hyper-parameter, the step count, the base model, the LyCORIS algo info and a format
 version. Files are never overwritten and never written outside the folder given.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -48,12 +49,18 @@ def training_metadata(config: SDAConfig, steps_done: int, base_model: str, **ext
     return meta
 
 
-def lokr_file_tensors(lokr: LoKrSet, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """`{diffusion_model.<module>.<lokr key>: tensor}` for the whole set (alpha kept in fp32)."""
+def lokr_file_tensors(lokr: LoKrSet, dtype: torch.dtype | None = None,
+                      module_key: Callable[[str], str] | None = None) -> dict[str, torch.Tensor]:
+    """`{<module key>.<lokr key>: tensor}` for the whole set (alpha kept in fp32).
+
+    module_key: a trained module's name in the file (an architecture's `TargetTable.file_key`); by default
+    `diffusion_model.<module>`, Z-Image's.
+    """
     out = {}
     for name, m in lokr.items():
+        module = module_key(name) if module_key is not None else KEY_PREFIX + name
         for key, t in m.state_tensors().items():
-            out[f"{KEY_PREFIX}{name}.{key}"] = t if (dtype is None or key == "alpha") else t.to(dtype)
+            out[f"{module}.{key}"] = t if (dtype is None or key == "alpha") else t.to(dtype)
     return out
 
 
@@ -112,12 +119,14 @@ def save_lokr(
     *,
     root: str | None = None,
     dtype: torch.dtype | None = None,
+    module_key: Callable[[str], str] | None = None,
 ) -> str:
     """Write the LoKr file atomically and return the path actually written.
 
     `path` is relative to `root` when given (and may not leave it); `.safetensors` is appended when
     missing. An existing file is never overwritten: the name gets `_1`, `_2`, … instead. Non-string
     metadata values are stored as JSON; the algo info and format version are always added.
+    module_key: the file's name of each trained module (see `lokr_file_tensors`).
     """
     if len(lokr) == 0:
         raise ValueError("refusing to save an empty LoKr set")
@@ -128,7 +137,7 @@ def save_lokr(
     target = resolve_inside(root, path) if root is not None else os.path.abspath(path)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     meta = {**_encode(metadata), **_algo_info(lokr)}
-    tensors = lokr_file_tensors(lokr, dtype)
+    tensors = lokr_file_tensors(lokr, dtype, module_key)
     with claim_new_path(target) as written:
         atomic_save_safetensors(tensors, written, meta)
     return written

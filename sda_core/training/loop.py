@@ -22,7 +22,7 @@ import torch
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import SDAConfig, SDAModels
 from .loss import uses_diversity
-from .trajectory import flow_sigmas, rollout
+from .trajectory import rollout
 from .step import LossTerms, sda_loss
 from .teacher_batch import Prepared, TeacherBatch
 
@@ -80,7 +80,7 @@ def rollout_draw(models: SDAModels, config: SDAConfig, draw: StepDraw,
     # x_t on the trajectory users sample: the student (LoKr on) without the training-only assistant adapter
     assistant_off = models.assistant is not None and not config.rollout_with_assistant
     with models.assistant() if assistant_off else contextlib.nullcontext():
-        x_t1, *x_t2 = rollout(models.student, zs, sigmas, draw.k, conds, models.batch_conds)
+        x_t1, *x_t2 = rollout(models.student, zs, sigmas, draw.k, conds, models.batch_conds, config.noise_scale)
     return x_t1, (x_t2[0] if x_t2 else None)
 
 
@@ -222,7 +222,7 @@ def train(
     for p in params:
         p.requires_grad_(True)
     optimizer = make_optimizer(params, config)
-    sigmas = flow_sigmas(config.student_steps, config.shift)
+    sigmas = config.schedule()
     history: list[dict] = []
     start = 0
     if resume is not None:

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 __all__ = [
     "velocity_from_x0",
     "x0_from_velocity",
+    "prediction_from_x0",
+    "x0_from_prediction",
     "anchor_loss",
     "policy_x0_detached",
     "lowpass",
@@ -40,6 +42,19 @@ def x0_from_velocity(x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | f
     return x_t - _per_row(sigma, x_t) * v
 
 
+def prediction_from_x0(x_t: torch.Tensor, x0: torch.Tensor, c_skip: torch.Tensor | float,
+                       c_out: torch.Tensor | float) -> torch.Tensor:
+    """The model's own output for x0 = c_skip·x_t − c_out·prediction: what the anchor compares for a model that
+    does not predict a flow velocity (eps: c_skip 1, c_out σ, so ε = (x_t − x0)/σ; v-prediction: its v)."""
+    return (_per_row(c_skip, x_t) * x_t - x0) / _per_row(c_out, x_t)
+
+
+def x0_from_prediction(x_t: torch.Tensor, prediction: torch.Tensor, c_skip: torch.Tensor | float,
+                       c_out: torch.Tensor | float) -> torch.Tensor:
+    """x0 = c_skip·x_t − c_out·prediction: the inverse of `prediction_from_x0`."""
+    return _per_row(c_skip, x_t) * x_t - _per_row(c_out, x_t) * prediction
+
+
 def anchor_loss(v_policy: torch.Tensor, v_baseline: torch.Tensor, delta: float = 0.08) -> torch.Tensor:
     """Elastic anchor (6): Huber(v_pol, v_base.detach(), delta), mean over elements.
 
@@ -55,7 +70,12 @@ def policy_x0_detached(x_t1: torch.Tensor, v_policy: torch.Tensor, sigma: torch.
 
 
 def lowpass(delta: torch.Tensor, kernel: int = 8) -> torch.Tensor:
-    """Spatial low-pass (3): avg_pool2d(kernel) then flatten per sample; only macro-composition remains."""
+    """Spatial low-pass (3): avg_pool2d(kernel) then flatten per sample; only macro-composition remains.
+
+    Pools the last two (spatial) axes; a latent with a time axis [B, C, T, H, W] is pooled frame by frame.
+    """
+    if delta.ndim > 4:
+        delta = delta.flatten(1, -3)
     return F.avg_pool2d(delta.float(), kernel_size=kernel).flatten(1)
 
 

@@ -100,7 +100,7 @@ def sda_loss(
     """
     with torch.no_grad(), models.lokr.disabled():
         (x0_base,) = _student_x0(models, [x_t1], sigma, conds)
-    v_base = L.velocity_from_x0(x_t1, x0_base, sigma)
+    v_base = _prediction(models, x_t1, x0_base, sigma)
     diversity = L.uses_diversity(k, config.div_skip)
     if diversity and x_t2 is None:
         raise ValueError(f"step {k} < div_skip {config.div_skip} uses the diversity term and needs x_t(z2)")
@@ -115,7 +115,7 @@ def _anchor_then_diversity(models, config, x_t1, x_t2, v_base, sigma, k, conds, 
     """Anchor forward (assistant on), then, when x_t2 is given, the diversity forward with the assistant OFF."""
     with torch.enable_grad():
         (x0_pol,) = _student_x0(models, [x_t1], sigma, conds)
-        v_pol = L.velocity_from_x0(x_t1, x0_pol, sigma)
+        v_pol = _prediction(models, x_t1, x0_pol, sigma)
         sft = L.anchor_loss(v_pol, v_base, config.huber_delta)
     if backward:
         if not torch.isfinite(sft):
@@ -132,11 +132,27 @@ def _anchor_then_diversity(models, config, x_t1, x_t2, v_base, sigma, k, conds, 
     with torch.enable_grad():
         with masked:  # assistant OFF exactly for this forward: the raw collapsed manifold
             (x0_s2,) = _student_x0(models, [x_t2], sigma, conds)
-        div = L.diversity_loss(L.policy_x0_detached(x_t1, v_pol, sigma), x0_s2, x0_t1, x0_t2, config.pool_kernel)
+        div = L.diversity_loss(_policy_x0(models, x_t1, v_pol, sigma), x0_s2, x0_t1, x0_t2, config.pool_kernel)
     if backward:
         (config.lambda_div * div).backward()
         div = div.detach()
     return LossTerms(L.combine(sft, div, config.lambda_div), sft, div, k, float(sigma), teacher_ok)
+
+
+def _prediction(models: SDAModels, x_t: torch.Tensor, x0: torch.Tensor, sigma: float) -> torch.Tensor:
+    """What the anchor compares: the student's own output for x0 (a flow model's velocity unless it says else)."""
+    if models.parameterization is None:
+        return L.velocity_from_x0(x_t, x0, sigma)
+    c_skip, c_out = models.parameterization(_sigma_rows(sigma, x_t))
+    return L.prediction_from_x0(x_t, x0, c_skip, c_out)
+
+
+def _policy_x0(models: SDAModels, x_t1: torch.Tensor, v_pol: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x0_S(z1) back from the anchor's own (detached) prediction (2)."""
+    if models.parameterization is None:
+        return L.policy_x0_detached(x_t1, v_pol, sigma)
+    c_skip, c_out = models.parameterization(_sigma_rows(sigma, x_t1))
+    return L.x0_from_prediction(x_t1, v_pol.detach(), c_skip, c_out)
 
 
 def _all_finite(*xs: torch.Tensor) -> bool:
@@ -151,9 +167,9 @@ def _joint(models, config, x_t1, x_t2, v_base, sigma, k, conds, backward, teache
     teacher_ok = _all_finite(x0_t1, x0_t2)
     with torch.enable_grad():
         x0_pol, x0_s2 = _student_x0(models, [x_t1, x_t2], sigma, conds)
-        v_pol = L.velocity_from_x0(x_t1, x0_pol, sigma)
+        v_pol = _prediction(models, x_t1, x0_pol, sigma)
         sft = L.anchor_loss(v_pol, v_base, config.huber_delta)
-        div = L.diversity_loss(L.policy_x0_detached(x_t1, v_pol, sigma), x0_s2, x0_t1, x0_t2, config.pool_kernel)
+        div = L.diversity_loss(_policy_x0(models, x_t1, v_pol, sigma), x0_s2, x0_t1, x0_t2, config.pool_kernel)
         total = L.combine(sft, div, config.lambda_div)
     if backward:
         if torch.isfinite(total):

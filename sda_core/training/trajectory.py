@@ -36,7 +36,11 @@ def flow_sigmas(steps: int, shift: float = 3.0, timesteps: int = 1000, multiplie
 
 
 def initial_latent(z: torch.Tensor, sigma0: float) -> torch.Tensor:
-    """Flow noise scaling onto an empty latent: sigma*z + (1-sigma)*0 (ComfyUI's CONST.noise_scaling)."""
+    """Flow noise scaling onto an empty latent: sigma*z + (1-sigma)*0 (ComfyUI's CONST.noise_scaling).
+
+    Other model samplings scale differently (eps at the largest sigma: z·√(1 + σ²)); `rollout` takes their
+    factor as `noise_scale`.
+    """
     return z * sigma0
 
 
@@ -53,17 +57,20 @@ def rollout(
     k: int,
     conds: Sequence[Any],
     batch_conds: Callable[[list], Any] | None = None,
+    noise_scale: float | None = None,
 ) -> list[torch.Tensor]:
     """x_t at sigmas[k] for each noise in `zs`, all noises in ONE batched forward per Euler step.
 
     `conds[i]` is the cond of row i of each z (so every z shares the per-row conds). Returns one
     tensor per z, in order. k = 0 returns the initial latents without calling the model.
+    noise_scale: x at sigmas[0] is noise_scale·z (None: sigmas[0], a flow model's).
     """
     if not 0 <= k < len(sigmas):
         raise ValueError(f"step index {k} outside the schedule of {len(sigmas) - 1} steps")
     n = len(zs)
     rows = zs[0].shape[0]
-    x = initial_latent(torch.cat(list(zs), dim=0), float(sigmas[0]))
+    z = torch.cat(list(zs), dim=0)
+    x = initial_latent(z, float(sigmas[0])) if noise_scale is None else z * noise_scale
     all_conds = list(conds) * n
     for i in range(k):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])

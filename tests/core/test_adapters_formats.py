@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sda_core.adapters import AdapterError, LoadedAdapter, ModelLayout, Target, load_adapter, module_targets
+from sda_core.adapters import AdapterError, LoadedAdapter, ModelLayout, Target, apply_deltas, load_adapter, module_targets
+from sda_core.adapters.layout import SWAP_HALVES
 from sdatest.adapter_files import (diffusers_lora_metadata, write_loha, write_lora, write_sda_lokr,
                                    zimage_layout)
 
@@ -277,6 +278,34 @@ def test_host_key_map_places_names_and_row_slices_as_given():
     assert loaded.unplaced_reasons == {"transformer.norm_out.linear": "swapped halves",
                                        "transformer.blocks.0.ff": "not a name ComfyUI maps for TinyDiT"}
     assert "patches 2 layers of TinyDiT" in loaded.report()
+
+
+def test_host_key_map_target_with_swapped_halves_lands_the_delta_halves_swapped():
+    """Flux's and SD3's final modulation: ComfyUI swaps the scale and shift halves of the change (diffusers orders
+    them the other way); the key map names that change as data, and the delta lands swapped."""
+    import numpy as np
+
+    shapes = {"final.mod.weight": (8, 4)}
+    layout = ModelLayout(shapes, key_map={"transformer.norm_out.linear": ("final.mod.weight", None, SWAP_HALVES)},
+                         arch="TinyDiT", family="Tiny")
+    gen = torch.Generator().manual_seed(0)
+    down, up = torch.randn(2, 4, generator=gen), torch.randn(8, 2, generator=gen)
+    loaded = load_adapter({"transformer.norm_out.linear.lora_A.weight": down,
+                           "transformer.norm_out.linear.lora_B.weight": up}, layout, label="mod.safetensors")
+    (target, module), = loaded.placements
+    assert (target.param, target.rows, target.transform) == ("final.mod.weight", None, SWAP_HALVES)
+    plain = up.double().numpy() @ down.double().numpy()
+    expected = np.concatenate([plain[4:], plain[:4]])
+    np.testing.assert_allclose(module.delta((8, 4)).double().numpy(), expected, rtol=1e-6, atol=1e-6)
+    weight = torch.zeros(8, 4)
+    np.testing.assert_allclose(apply_deltas(weight, [(module, 0.5)]).double().numpy(), 0.5 * expected,
+                               rtol=1e-6, atol=1e-6)
+    assert "1 × modulation (e.g. norm_out.linear): scale and shift halves swapped on landing" in loaded.report()
+    with pytest.raises(ValueError, match="unknown delta transform|transform 'mirror'"):
+        load_adapter({"transformer.norm_out.linear.lora_A.weight": down,
+                      "transformer.norm_out.linear.lora_B.weight": up},
+                     ModelLayout(shapes, key_map={"transformer.norm_out.linear": ("final.mod.weight", None, "mirror")}),
+                     label="mod.safetensors")
 
 
 def test_zero_matches_on_the_adapters_own_architecture_says_the_names_are_unread():

@@ -91,3 +91,35 @@ def test_replay_restores_the_switches_it_changed():
     with switches.replay((False, True)):
         assert [b.on for b in blocks] == [False, True]
     assert [b.on for b in blocks] == [True, True]
+
+
+def test_a_block_that_adds_into_its_input_in_place_checkpoints_with_the_same_gradient():
+    """FLUX.1's blocks do `img += …` on their input, which a checkpoint keeps for the recompute."""
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+
+        def forward(self, x):
+            y = self.lin(torch.tanh(x))
+            x += y  # the residual into the input
+            return x
+
+    torch.manual_seed(0)
+    blocks = nn.ModuleList([InPlace() for _ in range(3)])
+
+    def grads():
+        for p in blocks.parameters():
+            p.grad = None
+        h = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))  # no grad: a model's first block input
+        for b in blocks:
+            h = b(h)
+        h.square().sum().backward()
+        return [p.grad.clone() for p in blocks.parameters()]
+
+    plain = grads()
+    with checkpoint_blocks(blocks, Switches()):
+        checkpointed_ = grads()
+    assert len(plain) == len(checkpointed_) == 6
+    for a, b in zip(plain, checkpointed_):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

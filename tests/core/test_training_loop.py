@@ -340,12 +340,12 @@ def test_x_t_is_rolled_out_with_the_assistant_off_unless_asked(monkeypatch, with
     tp = toy_problem(steps=6, with_assistant=True, rollout_with_assistant=with_assistant_in_rollout)
     states = []
 
-    def rollout_spy(denoise, zs, sigmas, k, conds, batch_conds=None):
+    def rollout_spy(denoise, zs, sigmas, k, conds, batch_conds=None, noise_scale=None):
         def watched(x, sigma, cond):
             states.append(tp.assistant.enabled)
             return denoise(x, sigma, cond)
 
-        return rollout(watched, zs, sigmas, k, conds, batch_conds)
+        return rollout(watched, zs, sigmas, k, conds, batch_conds, noise_scale)
 
     monkeypatch.setattr(loop, "rollout", rollout_spy)
     train(tp.models, tp.config)

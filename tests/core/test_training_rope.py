@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sda_core.training.rope import with_rotation_backward
+from sda_core.training.rope import with_rotation_backward, with_rotation_backward1
 
 
 def reference_rope(xq, xk, freqs_cis):
@@ -70,3 +70,19 @@ def test_calls_without_grad_go_straight_to_the_kernel():
         rope(*_inputs(), _freqs())
     rope(torch.randn(1, 1, 5, 8), torch.randn(1, 1, 5, 8), _freqs())  # inputs need no grad
     assert calls == [False, True] and rope.wrapped is kernel
+
+
+def test_one_tensor_kernel_gets_the_gradient_of_the_differentiable_reference():
+    # Qwen-Image's shape of the kernel: apply_rope1(x, freqs_cis)
+    freqs = _freqs()
+    x, _ = _inputs()
+    out, _ = reference_rope(x, x, freqs)
+    (out.cos() * 3).sum().backward()
+    want = x.grad.clone()
+
+    rope1 = with_rotation_backward1(lambda x, f: opaque_rope(x, x, f)[0])
+    x2, _ = _inputs()
+    out2 = rope1(x2, freqs)
+    torch.testing.assert_close(out2, out.detach())
+    (out2.cos() * 3).sum().backward()
+    torch.testing.assert_close(x2.grad, want, rtol=1e-6, atol=1e-6)

@@ -8,7 +8,6 @@ shapes those of the layer (or row slice of a fused layer) ComfyUI maps them to: 
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -63,31 +62,14 @@ CASES = [
     Case("qwen_image", "DiffSynth LoRA", r"^transformer_blocks\.\d+\.(attn\.(to_v|add_k_proj)|txt_mlp\.net\.2)$",
          suffixes=KOHYA),
     Case("qwen_image", "LyCORIS LoKr", r"^lycoris_transformer_blocks_\d+_attn_(to_q|to_k)$", algo="lokr_lowrank", alpha=4.0),
+    # The final modulation (and SD3's last context modulation), which ComfyUI lands with scale and shift swapped.
+    Case("flux_schnell", "diffusers LoRA with norm_out", r"^transformer\.(norm_out\.linear|transformer_blocks\.\d+\.attn\.to_q)$"),
+    Case("flux_schnell", "LyCORIS LoKr with norm_out", r"^lycoris_(norm_out_linear|single_transformer_blocks_\d+_proj_mlp)$",
+         algo="lokr"),
+    Case("sd35", "diffusers LoRA with norm_out",
+         r"^transformer\.(norm_out\.linear|transformer_blocks\.1\.norm1_context\.linear|transformer_blocks\.\d+\.attn\.to_k)$"),
 ]
 SLICED = {"flux_schnell", "sd35"}  # archs whose diffusers names land on row slices of fused weights
-
-
-def _key_map(arch: str) -> tuple[dict, dict]:
-    """ComfyUI's key map and the parameter shapes of the tiny model of `arch` (the reference for file layout)."""
-    import comfy.lora
-
-    model = tiny_archs.tiny_arch(arch).model
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return comfy.lora.model_lora_keys_unet(model, {}), shapes
-
-
-def _modules(case: Case, key_map: dict, shapes: dict) -> dict[str, tuple[int, int]]:
-    """{file module name: (out, in)} for the key map's names that `case.names` selects, matrices only."""
-    modules = {}
-    for name, target in key_map.items():
-        if not re.match(case.names, name):
-            continue
-        param, rows = (target, None) if isinstance(target, str) else target
-        shape = shapes.get(param)
-        if shape is None or len(shape) != 2:
-            continue
-        modules[name] = (rows[2] if rows else shape[0], math.prod(shape[1:]))
-    return modules
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +80,9 @@ def files(comfy):
     maps = {}
     for case in CASES:
         if case.arch not in maps:
-            maps[case.arch] = _key_map(case.arch)
+            maps[case.arch] = tiny_archs.lora_key_map(case.arch)
         key_map, shapes = maps[case.arch]
-        modules = _modules(case, key_map, shapes)
+        modules = tiny_archs.key_map_modules(case.names, key_map, shapes)
         assert len(modules) >= 2, f"{case}: the pattern selects {len(modules)} modules of ComfyUI's key map"
         sliced[str(case)] = any(not isinstance(key_map[n], str) for n in modules)
         write_named_adapter(loras / case.file, modules, algo=case.algo, suffixes=case.suffixes, alpha=case.alpha,
@@ -145,16 +127,24 @@ def test_loader_equals_comfyui_lora_loader(comfy, files, case):
     assert "every key placed" in report
     if case.arch in SLICED and files[str(case)]:
         assert "row slices of fused weights" in report
+    if "norm_out" in case.fmt:
+        assert re.search(r"\b[12] × modulation \(e\.g\. norm_out\.linear\): scale and shift halves swapped on landing", report)
 
 
-def _pair(arch: str) -> tuple[Case, Case]:
-    first, second = [c for c in CASES if c.arch == arch][:2]
+def _pair(name: str) -> tuple[Case, Case]:
+    """Two files for an architecture: its first two cases, or ("<arch>-norm_out") those with norm_out first."""
+    arch, _, variant = name.partition("-")
+    cases = [c for c in CASES if c.arch == arch]
+    if variant:
+        cases = [c for c in cases if variant in c.fmt] + [c for c in cases if variant not in c.fmt]
+    first, second = cases[:2]
     return first, second
 
 
-@pytest.mark.parametrize("arch", ["sdxl", "flux_schnell", "sd35", "qwen_image"])
-def test_stack_invert_and_strength_by_step(comfy, files, arch):
-    a, b = _pair(arch)
+@pytest.mark.parametrize("name", ["sdxl", "flux_schnell", "sd35", "qwen_image", "flux_schnell-norm_out", "sd35-norm_out"])
+def test_stack_invert_and_strength_by_step(comfy, files, name):
+    a, b = _pair(name)
+    arch = a.arch
     g = Graph()
     inputs = _inputs(g, arch)
     model = inputs[0]

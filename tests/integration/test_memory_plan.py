@@ -53,7 +53,7 @@ def test_the_estimate_is_within_25_percent_of_the_measured_peak_of_real_training
     student, teacher = _zimage(0, dim, layers, dtype), _zimage(1, dim, layers, dtype)
     config = training.SDAConfig(steps=100, lr=1e-4, latent_shape=(16, latent, latent), shift=3.0)
     prompts = [tiny_models.tiny_conditioning(0), tiny_models.tiny_conditioning(2)]
-    targets = training.lokr_targets(student, False)
+    targets = training.lokr_targets(student, False)[1]
     plan = estimate(memory.gather(student, teacher, config, targets, prompts, False, checkpointing))
     assert plan.facts.teacher == "resident" and plan.facts.tokens == (latent // 2) ** 2 + 8
 
@@ -113,7 +113,7 @@ def test_a_run_that_does_not_fit_the_device_is_refused_before_loading_with_the_o
     training, memory = _pack(comfy)
     student, teacher = tiny_models.tiny_zimage(0), tiny_models.tiny_zimage(1)
     config = training.SDAConfig(steps=1, latent_shape=(16, 32, 32), shift=3.0)
-    facts = memory.gather(student, teacher, config, training.lokr_targets(student, False),
+    facts = memory.gather(student, teacher, config, training.lokr_targets(student, False)[1],
                           [tiny_models.tiny_conditioning(0)], False, False)
     swapped = estimate(facts.__class__(**{**facts.__dict__, "teacher": "swapped"}))
     budget = swapped.peak - 2**20  # a device 1 MiB short even with the teacher swapped in for its forwards

@@ -265,8 +265,9 @@ def test_memory_short_loads_the_teacher_only_for_its_forwards_and_trains_the_sam
 
 
 @pytest.mark.parametrize("case, message", [
-    ("eps_student", "student: SDA training needs a flow-matching model"),
-    ("eps_teacher", "teacher: SDA training needs a flow-matching model"),
+    ("edm_student", "student: SDA training reads x0 from a flow, eps or v-prediction model; this student is "
+                    "Z-Image (Lumina2, model type EDM)"),
+    ("edm_teacher", "teacher: SDA training reads x0 from a flow, eps or v-prediction model"),
     ("channels", "student and teacher do not match: input channels 16 (student) vs 4 (teacher)"),
     ("no_prompts", "prompts: no prompt"),
     ("no_clip", "clip: connect a CLIP"),
@@ -284,10 +285,10 @@ def test_memory_short_loads_the_teacher_only_for_its_forwards_and_trains_the_sam
 def test_refuses_what_it_cannot_train_with_a_clear_error_before_any_step(comfy, progress, case, message):
     g = Graph()
     student, teacher = _models(g)
-    if case == "eps_student":
-        student = g.add("SDATest_TinyZImageVariant", seed=0, model_type="EPS", in_channels=16)
-    if case == "eps_teacher":
-        teacher = g.add("SDATest_TinyZImageVariant", seed=1, model_type="EPS", in_channels=16)
+    if case == "edm_student":
+        student = g.add("SDATest_TinyZImageVariant", seed=0, model_type="EDM", in_channels=16)
+    if case == "edm_teacher":
+        teacher = g.add("SDATest_TinyZImageVariant", seed=1, model_type="EDM", in_channels=16)
     if case == "channels":
         teacher = g.add("SDATest_TinyZImageVariant", seed=1, model_type="FLOW", in_channels=4)
     overrides = {"width": 72} if case == "width" else {"save_name": "../outside"} if case == "escape" else {}

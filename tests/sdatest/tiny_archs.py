@@ -12,11 +12,14 @@ import dataclasses
 import torch
 
 ARCHS = ("sdxl", "sdxl_v", "flux_schnell", "sd35", "qwen_image")
+# With the pack's first architecture, the tiny Z-Image of sdatest.tiny_models (the test nodes build it too).
+EVERY_ARCH = (*ARCHS, "zimage")
 CONTEXT_DIM = 32
-POOLED_DIM = {"sdxl": 32, "sdxl_v": 32, "flux_schnell": 16, "sd35": 16, "qwen_image": None}
-LATENT_CHANNELS = {"sdxl": 4, "sdxl_v": 4, "flux_schnell": 16, "sd35": 16, "qwen_image": 16}
+POOLED_DIM = {"sdxl": 32, "sdxl_v": 32, "flux_schnell": 16, "sd35": 16, "qwen_image": None, "zimage": None}
+LATENT_CHANNELS = {"sdxl": 4, "sdxl_v": 4, "flux_schnell": 16, "sd35": 16, "qwen_image": 16, "zimage": 16}
 # The family name each architecture's LoRA keys carry (sda_core.adapters.guess_architecture's words).
-FAMILY = {"sdxl": "SDXL", "sdxl_v": "SDXL", "flux_schnell": "Flux", "sd35": "SD3", "qwen_image": "Qwen-Image"}
+FAMILY = {"sdxl": "SDXL", "sdxl_v": "SDXL", "flux_schnell": "Flux", "sd35": "SD3", "qwen_image": "Qwen-Image",
+          "zimage": "Z-Image"}
 
 _SDXL = {
     "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 64,
@@ -79,6 +82,10 @@ def tiny_arch(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32):
     import comfy.model_management as mm
     import comfy.model_patcher
 
+    if arch == "zimage":
+        from sdatest import tiny_models
+
+        return tiny_models.tiny_zimage(seed, dtype)
     cls, unet, hints = _config(arch)
     config = cls(unet)
     config.set_inference_dtype(dtype, None)
@@ -108,7 +115,7 @@ def arch_latent(arch: str, batch: int = 1, side: int = 64) -> dict:
 
 
 def arch_vae(arch: str, seed: int = 0):
-    """A tiny VAE of the family's kind: AutoencoderKL with the model's latent channels, Qwen-Image's Wan 2.1 VAE
+    """A tiny VAE of the family's kind: AutoencoderKL with the model's latent channels (Z-Image: Flux's 16), Qwen-Image's Wan 2.1 VAE
     (dim 8, found by ComfyUI from its state dict as a real file would be), weights from `seed`."""
     from sdatest import tiny_models
 
@@ -132,7 +139,7 @@ class TinyArch:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"arch": (list(ARCHS),), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+        return {"required": {"arch": (list(EVERY_ARCH),), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
 
     def build(self, arch, seed):
         return (tiny_arch(arch, seed),)
@@ -147,7 +154,7 @@ class TinyArchConditioning:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"arch": (list(ARCHS),), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+        return {"required": {"arch": (list(EVERY_ARCH),), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
                              "tokens": ("INT", {"default": 8, "min": 1, "max": 512})}}
 
     def build(self, arch, seed, tokens):
@@ -163,7 +170,7 @@ class TinyArchVAE:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"arch": (list(ARCHS),), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+        return {"required": {"arch": (list(EVERY_ARCH),), "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
 
     def build(self, arch, seed):
         return (arch_vae(arch, seed),)
@@ -178,11 +185,39 @@ class TinyArchLatent:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"arch": (list(ARCHS),), "batch": ("INT", {"default": 1, "min": 1, "max": 16}),
+        return {"required": {"arch": (list(EVERY_ARCH),), "batch": ("INT", {"default": 1, "min": 1, "max": 16}),
                              "side": ("INT", {"default": 64, "min": 16, "max": 512, "step": 16})}}
 
     def build(self, arch, batch, side):
         return (arch_latent(arch, batch, side),)
+
+
+def lora_key_map(arch: str) -> tuple[dict, dict]:
+    """ComfyUI's LoRA key map for the tiny model of `arch` and its parameter shapes (the reference for file
+    layout: which names a file may use, and the shape of the layer or row slice each lands on)."""
+    import comfy.lora
+
+    model = tiny_arch(arch).model
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return comfy.lora.model_lora_keys_unet(model, {}), shapes
+
+
+def key_map_modules(pattern: str, key_map: dict, shapes: dict) -> dict[str, tuple[int, int]]:
+    """{file module name: (out, in)} for the key map's names matching `pattern`, matrices only (a slice target's
+    rows, a transformed target's whole weight)."""
+    import math
+    import re
+
+    modules = {}
+    for name, target in key_map.items():
+        if not re.match(pattern, name):
+            continue
+        param, rows = (target, None) if isinstance(target, str) else target[:2]
+        shape = shapes.get(param)
+        if shape is None or len(shape) != 2:
+            continue
+        modules[name] = (rows[2] if rows else shape[0], math.prod(shape[1:]))
+    return modules
 
 
 NODES = {"SDATest_TinyArch": TinyArch, "SDATest_TinyArchConditioning": TinyArchConditioning,

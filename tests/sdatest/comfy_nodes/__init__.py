@@ -50,8 +50,8 @@ class TinyZImage:
 
 
 class TinyZImageVariant:
-    """A tiny Z-Image that a trainer must refuse: another model type (EPS, not flow), other input channels,
-    another width (`dim`, heads of 64) or NaN weights."""
+    """A tiny Z-Image that a trainer must refuse: another model type (EDM: neither flow, eps nor v), other input
+    channels, another width (`dim`, heads of 64) or NaN weights."""
 
     CATEGORY = "SDA/testing"
     RETURN_TYPES = ("MODEL",)
@@ -61,7 +61,7 @@ class TinyZImageVariant:
     def INPUT_TYPES(cls):
         return {"required": {
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
-            "model_type": (["FLOW", "EPS"], {"default": "FLOW"}),
+            "model_type": (["FLOW", "EPS", "EDM"], {"default": "FLOW"}),
             "in_channels": ("INT", {"default": 16, "min": 1, "max": 64}),
         }, "optional": {
             "dim": ("INT", {"default": 256, "min": 256, "max": 1024, "step": 64}),
@@ -219,7 +219,7 @@ class TrainingForward:
         config = session_mod.SDAConfig(steps=1, pool_kernel=8, latent_shape=(16, size, size))
         with torch.inference_mode(False), torch.no_grad():
             session = session_mod.Session.open(model, teacher if teacher is not None else model, config,
-                                               checks.lokr_targets(model, False), [conditioning], None, assistant, False)
+                                               checks.lokr_targets(model, False)[1], [conditioning], None, assistant, False)
             try:
                 if lokr_name:
                     factors = load_file(folder_paths.get_full_path_or_raise("loras", lokr_name))
