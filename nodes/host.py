@@ -21,7 +21,7 @@ from comfy_api.latest import io, ui
 
 from ..sda_core.adapters import (AdapterError, AdapterFileMissing, AdapterModule, LoadedAdapter, ModelLayout,
                                  check_finite_delta, load_adapter, resolve_in_folder)
-from ..sda_core.adapters.arch import is_zimage
+from ..sda_core.adapters.arch import describe_layout, is_zimage
 from ..sda_core.adapters.layout import SWAP_HALVES
 from ..sda_core.diversity.lpips_pairs import PairwiseLPIPS
 from ..sda_core.step_strengths import ScheduledWeight
@@ -92,6 +92,11 @@ def model_layout(model) -> ModelLayout:
         return ModelLayout(shapes=shapes, qkv_rows=qkv_rows, arch=arch, family=family)
     key_map, skipped = comfy_key_map(model)
     return ModelLayout(shapes=shapes, key_map=key_map, key_map_skipped=skipped, arch=arch, family=family)
+
+
+def model_name(model) -> str:
+    """The model's architecture as every message of the pack names it (Z-Image, SDXL, FluxSchnell, SD3, …)."""
+    return describe_layout(model_layout(model))
 
 
 def comfy_key_map(model) -> tuple[dict[str, tuple], dict[str, str]]:

@@ -14,6 +14,7 @@ from comfy_api.latest import io
 
 from ..sda_core.methods.step_segments import segments
 from ..sda_core.step_strengths import window_strengths
+from . import host
 
 CATEGORY = "SDA/methods"
 ADDITIONAL_MODELS_KEY = "sda_model_by_step"
@@ -68,6 +69,18 @@ class _Split:
         return early
 
 
+def check_same_latent_space(model, model_early) -> None:
+    """Both models must denoise the same latents: one latent format (class, so scale and shift too)."""
+    late, early = model.model.latent_format, model_early.model.latent_format
+    if type(late) is type(early):
+        return
+    raise ModelByStepError(
+        f"SDA Model by Step: model_early is {host.model_name(model_early)} (latent format {type(early).__name__}, "
+        f"{early.latent_channels} channels) but model is {host.model_name(model)} ({type(late).__name__}, "
+        f"{late.latent_channels} channels): the two models must share one latent space, e.g. the base Z-Image "
+        "early and Z-Image-Turbo after; connect a model_early of model's family")
+
+
 def _offset(callback, offset: int, total: int):
     if callback is None:
         return None
@@ -108,6 +121,7 @@ class SDAModelByStep(io.ComfyNode):
     @classmethod
     def execute(cls, model, model_early, cfg_early: float, start_percent: float, end_percent: float) -> io.NodeOutput:
         window_strengths(8, start_percent, end_percent)  # refuses a bad window now, not mid-sampling
+        check_same_latent_space(model, model_early)
         patched = model.clone()
         patched.set_additional_models(ADDITIONAL_MODELS_KEY, [model_early])  # loaded with model when they fit
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE,

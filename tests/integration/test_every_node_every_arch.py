@@ -363,3 +363,18 @@ def test_adapter_nodes_refuse_another_architectures_file_naming_both(comfy, adap
     assert f"{_file(other, 'a')}: none of its" in message and f"matches a layer of {MODEL_NAME[arch]}" in message
     assert f"it looks like an adapter for {FILE_LOOKS_LIKE[other]}, not for {MODEL_NAME[arch]}" in message
     registry.CAPTURED.clear()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_model_by_step_refuses_an_early_model_of_another_latent_space_naming_both(comfy, arch):
+    other = _foreign(arch)
+    g = Graph()
+    model, early = g.add("SDATest_TinyArch", arch=arch, seed=0), g.add("SDATest_TinyArch", arch=other, seed=1)
+    by_step = g.add("SDAModelByStep", model=model, model_early=early, cfg_early=1.0, start_percent=0.0, end_percent=0.5)
+    g.add("SDATest_Capture", value=by_step[0], key="never")
+    with pytest.raises(PromptFailed) as info:
+        comfy.run(g.prompt())
+    assert (f"SDA Model by Step: model_early is {MODEL_NAME[other]} (latent format" in str(info.value)
+            and f"but model is {MODEL_NAME[arch]} (" in str(info.value)
+            and "the two models must share one latent space" in str(info.value))
+    registry.CAPTURED.clear()
