@@ -179,8 +179,9 @@ class TrainingForward:
     """A forward of the SDA trainer's own session on `model` (the student), captured for the test.
 
     output "lokr_delta": the student's forward with its LoKr set from `lokr_name` minus the same forward with the
-    LoKr off (the output delta the trainer sees). output "teacher": the session's teacher forward (with the LoKr
-    and `assistant_name` loaded as training would), and the session's residency line under `<key>_residency`.
+    LoKr off (the output delta the trainer sees). output "teacher" / "student": the session's teacher / student
+    forward (with the LoKr and `assistant_name` loaded as training would), and the session's residency line under
+    `<key>_residency`.
     Runs the pack's session (clone, compute dtype, LoKr placement, residency), nothing else.
     """
 
@@ -200,7 +201,7 @@ class TrainingForward:
             "size": ("INT", {"default": 16, "min": 8, "max": 128, "step": 8}),
         }, "optional": {
             "lokr_name": ("STRING", {"default": ""}),
-            "output": (["lokr_delta", "teacher"], {"default": "lokr_delta"}),
+            "output": (["lokr_delta", "teacher", "student"], {"default": "lokr_delta"}),
             "teacher": ("MODEL",),
             "assistant_name": ("STRING", {"default": ""}),
         }}
@@ -231,8 +232,8 @@ class TrainingForward:
                 x = torch.randn(1, 16, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
                 sigmas = torch.tensor([sigma], device=device)
                 cond = session.models.conds[0]
-                if output == "teacher":
-                    result = session.models.teacher(x, sigmas, cond).float()
+                if output in ("teacher", "student"):
+                    result = getattr(session.models, output)(x, sigmas, cond).float()
                     registry.CAPTURED[key + "_residency"] = session.residency.describe()
                 else:
                     on = session.models.student(x, sigmas, cond).float()
