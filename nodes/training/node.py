@@ -23,8 +23,8 @@ import comfy.model_management as mm
 import comfy.samplers
 from comfy_api.latest import io
 
-from ...sda_core.training import (Checkpoint, LoKrSet, SDAConfig, TeacherNotFinite, TrainingDiverged, TrainResult,
-                                  load_checkpoint, train)
+from ...sda_core.training import (Checkpoint, LoKrSet, SDAConfig, TeacherNotFinite, TrainingDiverged, TrainingFault,
+                                  TrainResult, load_checkpoint, train)
 from ...sda_core.training.targets import TargetTable
 from ...sda_core.training.plot import draw_loss_curves, summarize
 from .. import host
@@ -133,11 +133,31 @@ def _train(session: Session, config: SDAConfig, files: RunFiles, table: TargetTa
         path, _ = save_run_lokr(files, session.lokr, files.save_name + "_diverged", config, exc.last_good_step,
                                 {**details, "diverged": True}, table)
         raise RuntimeError(f"{exc} That LoKr was saved as {path}.") from None
+    except TrainingFault as exc:
+        raise RuntimeError(_fault_message(exc, files, session, config, details, table)) from exc.__cause__
     if evaluator is not None and evaluator.interrupted:
         result.stopped = f"during the eval render after step {result.steps}"
     elif progress.interrupted:
         result.stopped = f"at the progress update after step {result.steps}"
     return result
+
+
+def _fault_message(fault: TrainingFault, files: RunFiles, session: Session, config: SDAConfig, details: dict,
+                   table: TargetTable) -> str:
+    """An error ended the run: the last complete step's LoKr is saved like a Cancel's, and the message says where
+    everything is and how to go on."""
+    saved = "nothing was trained yet"
+    if fault.steps > 0:
+        path, _ = save_run_lokr(files, session.lokr, files.save_name, config, fault.steps,
+                                {**details, "interrupted": True, "error": str(fault)}, table)
+        saved = f"the LoKr of step {fault.steps} was saved as {path}"
+    if fault.checkpoint_path:
+        saved += f" and its checkpoint as {fault.checkpoint_path}; turn resume on to continue from there"
+    hint = ""
+    if isinstance(fault.__cause__, (torch.OutOfMemoryError, MemoryError)):
+        hint = (" The device ran out of memory: turn gradient_checkpointing on, lower width/height, or load the "
+                "teacher in fp8 (or as the student plus a LoRA, which shares the student's weights).")
+    return f"SDA Train LoKr stopped: {fault}. Nothing is lost: {saved}.{hint}"
 
 
 def _take_cancel() -> bool:

@@ -17,7 +17,7 @@ from .config import X0_PROJECTION, SDAConfig, SDAModels
 from .evaluate import alignment
 from .lokr import LoKrSet, SlicedLoKr, TrainableLoKr
 from .lokr_file import lycoris_state_dict, save_lokr, training_metadata
-from .loop import TeacherNotFinite, TrainingDiverged, TrainResult, train
+from .loop import TeacherNotFinite, TrainingDiverged, TrainingFault, TrainResult, train
 from .trajectory import flow_sigmas, rollout
 from .step import LossTerms, sda_loss
 
@@ -27,7 +27,7 @@ __all__ = [
     "alignment",
     "LoKrSet", "SlicedLoKr", "TrainableLoKr",
     "lycoris_state_dict", "save_lokr", "training_metadata",
-    "TeacherNotFinite", "TrainingDiverged", "TrainResult", "train",
+    "TeacherNotFinite", "TrainingDiverged", "TrainingFault", "TrainResult", "train",
     "flow_sigmas", "rollout",
     "LossTerms", "sda_loss",
 ]

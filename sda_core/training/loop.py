@@ -5,7 +5,8 @@ noise seeds, the schedule index k. A run stopped after any step and resumed from
 therefore continues the identical loss curve. Non-finite steps are skipped (no optimiser step) and
 counted; `max_bad_steps` of them in a row restore the last good weights and raise `TrainingDiverged`.
 A stop (the caller's `should_stop`, or one of its `interrupts` raised anywhere inside a step: a forward,
-a backward) drops the unfinished step whole and checkpoints the state after the last complete one.
+a backward) drops the unfinished step whole and checkpoints the state after the last complete one. Any other
+error (out of memory, a failing forward) does the same before it ends the run as `TrainingFault`.
 Callers own grad mode: call from outside `torch.inference_mode()`.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ from .trajectory import rollout
 from .step import LossTerms, sda_loss
 from .teacher_batch import Prepared, TeacherBatch
 
-__all__ = ["train", "train_step", "make_optimizer", "TrainResult", "TrainingDiverged", "TeacherNotFinite", "LastGood", "StepDraw", "draw_step", "step_seed"]
+__all__ = ["train", "train_step", "make_optimizer", "TrainResult", "TrainingDiverged", "TeacherNotFinite", "TrainingFault",
+           "LastGood", "StepDraw", "draw_step", "step_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,16 @@ class TeacherNotFinite(TrainingDiverged):
     not a training problem; nothing trained is worth saving."""
 
 
+class TrainingFault(RuntimeError):
+    """An error ended the run; the checkpoint (when the run writes one) and the LoKr hold the state after step
+    `steps`, the last complete one. `__cause__` is the error."""
+
+    def __init__(self, message: str, steps: int, checkpoint_path: str | None) -> None:
+        super().__init__(message)
+        self.steps = steps
+        self.checkpoint_path = checkpoint_path
+
+
 class LastGood:
     """The LoKr factors after the last good step, to undo an update found to overflow the weights; AdamW's state
     (moments, step count) is rolled back with them, so the next step does not count an update that never happened.
@@ -150,6 +162,11 @@ class LastGood:
     @torch.no_grad()
     def take(self) -> None:
         torch._foreach_copy_(self.weights, [p.detach() for p in self.params])
+
+    @torch.no_grad()
+    def restore_weights(self) -> None:
+        """The factors of the last good step, AdamW's state as it is (an error stopped the step before its update)."""
+        torch._foreach_copy_([p.detach() for p in self.params], self.weights)
 
     @torch.no_grad()
     def put_back(self) -> None:
@@ -260,6 +277,15 @@ def train(
         checkpoint(step)
         return result(step, where)
 
+    def fault(step: int, where: str, error: BaseException) -> TrainingFault:
+        """The state after `step` checkpointed (when possible) for an error raised `where`."""
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            checkpoint(step)
+        except Exception as exc:  # e.g. the disk is full too: the error that ended the run stays the one reported
+            log.warning("SDA: the checkpoint after step %d could not be written: %s", step, exc)
+        return TrainingFault(f"{type(error).__name__} {where}: {error}", step, written)
+
     for step in range(start, config.steps):
         if should_stop is not None and should_stop():
             return stop(step, f"before step {step + 1}")
@@ -274,6 +300,10 @@ def train(
         except interrupts:
             torch.set_rng_state(rng_before)  # the dropped step never happened
             return stop(step, f"during step {step + 1}: not applied, resume redoes it")
+        except Exception as exc:
+            torch.set_rng_state(rng_before)
+            last_good.restore_weights()  # an error inside optimizer.step may have left some factors updated
+            raise fault(step, f"during step {step + 1}", exc) from exc
         if batch is not None:
             batch.done(step)
         if ok and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):  # one sync
@@ -320,6 +350,8 @@ def train(
                 on_step(step + 1, dict(entry))
             except interrupts:
                 return stop(step + 1, f"after step {step + 1}")
+            except Exception as exc:
+                raise fault(step + 1, f"after step {step + 1} (in the step's callback)", exc) from exc
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             checkpoint(step + 1)
 

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from sda_core.training import (
     Checkpoint, TeacherNotFinite, TrainingDiverged, alignment, load_checkpoint, save_checkpoint, train,
 )
-from sda_core.training.loop import draw_step, make_optimizer, step_seed, train_step
+from sda_core.training.loop import TrainingFault, draw_step, make_optimizer, step_seed, train_step
 from sda_core.training.trajectory import flow_sigmas, rollout
 from sdatest.toy_training import tiny_dit_problem, toy_problem
 
@@ -403,3 +403,67 @@ def test_an_interrupt_raised_inside_a_step_drops_that_step_and_resume_continues_
     resumed = train(again.models, again.config, resume=ckpt)
     assert resumed.history == reference.history and not resumed.interrupted
     assert all(torch.equal(a, b) for a, b in zip(_lokr_tensors(full).values(), _lokr_tensors(again).values()))
+
+
+class FailsWhenArmed:
+    """A student that raises `error` at its first call after being armed (with `grad`: its first call with grad
+    enabled): the device running out of memory in the middle of a step."""
+
+    def __init__(self, fn, error: BaseException, grad: bool):
+        self.fn, self.error, self.grad, self.armed = fn, error, grad, False
+
+    def __call__(self, x, sigma, cond):
+        if self.armed and (torch.is_grad_enabled() or not self.grad):
+            raise self.error
+        return self.fn(x, sigma, cond)
+
+
+@pytest.mark.parametrize("where", ["a no-grad forward", "the grad forward", "the optimizer step"])
+def test_an_error_inside_a_step_keeps_the_last_complete_step_and_resume_continues_the_curve(tmp_path, monkeypatch,
+                                                                                          where):
+    torch.manual_seed(0)
+    full = _dit(6)
+    r_full = train(full.models, full.config)
+
+    torch.manual_seed(0)
+    broken = _dit(6)
+    error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    student = FailsWhenArmed(broken.models.student, error, grad=where == "the grad forward")
+    broken.models = dataclasses.replace(broken.models, student=student)
+    done = []
+    if where == "the optimizer step":
+        real_step = torch.optim.AdamW.step
+
+        def half_an_update_then_fail(self, *args, **kwargs):
+            if len(done) == 3:  # some factors already moved: they must come back
+                with torch.no_grad():
+                    for p in self.param_groups[0]["params"][:2]:
+                        p.add_(1.0)
+                raise error
+            return real_step(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", half_an_update_then_fail)
+
+    def on_step(step, entry):
+        done.append(step)
+        student.armed = step == 3 and where != "the optimizer step"
+
+    path = str(tmp_path / "run.ckpt.safetensors")
+    with pytest.raises(TrainingFault) as info:
+        train(broken.models, broken.config, checkpoint_path=path, on_step=on_step)
+    fault = info.value
+    assert fault.steps == 3 and fault.checkpoint_path == path and fault.__cause__ is error
+    assert "OutOfMemoryError during step 4: CUDA out of memory" in str(fault)
+    assert all(p.grad is None for p in broken.models.lokr.parameters())
+    monkeypatch.undo()
+
+    torch.manual_seed(123)
+    resumed = _dit(6)
+    ckpt = load_checkpoint(path)
+    assert ckpt.step == 3
+    live = broken.models.lokr.named_tensors()  # what the node saves as the LoKr: the checkpoint's factors
+    assert ckpt.lokr.keys() == live.keys() and all(torch.equal(ckpt.lokr[n], live[n].detach()) for n in live)
+    r = train(resumed.models, resumed.config, resume=ckpt)
+    assert r.history == r_full.history
+    a, b = _lokr_tensors(full), _lokr_tensors(resumed)
+    assert all(torch.equal(a[n], b[n]) for n in a)

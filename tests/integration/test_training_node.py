@@ -187,6 +187,51 @@ def _assert_lycoris_loads(tensors):
 
 INTERRUPT_STEPS, STOP_AFTER = 12, 5
 
+def test_out_of_memory_mid_run_saves_the_last_complete_step_and_resume_reproduces_the_uninterrupted_run(
+        comfy, monkeypatch, uninterrupted):
+    """The device runs out of memory inside step 6's backward: the node fails naming the saved files, and nothing
+    is lost."""
+    import nodes as comfy_nodes
+
+    root = comfy_nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__.rsplit(".", 3)[0]
+    loop = sys.modules[root + ".sda_core.training.loop"]
+    real, calls = loop.sda_loss, []
+
+    def loss_then_oom(*args, **kwargs):
+        calls.append(1)
+        terms = real(*args, **kwargs)  # the forwards and the backward ran; the update has not
+        if len(calls) == STOP_AFTER + 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return terms
+
+    name = "oom"
+    with monkeypatch.context() as m:
+        m.setattr(loop, "sda_loss", loss_then_oom)
+        g = Graph()
+        _train(g, *_models(g), _prompts(g), steps=INTERRUPT_STEPS, save_name=name)
+        with pytest.raises(PromptFailed) as failed:
+            comfy.run(g.prompt())
+    message = failed.value.message
+    part = comfy.folder("loras") / f"{name}.safetensors"
+    checkpoint = comfy.output_dir / "sda_checkpoints" / f"{name}.ckpt.safetensors"
+    assert (f"SDA Train LoKr stopped: OutOfMemoryError during step {STOP_AFTER + 1}: CUDA out of memory" in message
+            and f"Nothing is lost: the LoKr of step {STOP_AFTER} was saved as {part} and its checkpoint as "
+                f"{checkpoint}; turn resume on to continue from there" in message
+            and "turn gradient_checkpointing on" in message), message
+    _, meta = _file(part)
+    assert meta["sda_steps"] == str(STOP_AFTER) and "OutOfMemoryError" in meta["sda_error"]
+    assert _checkpoint(comfy, name).step == STOP_AFTER
+
+    g = Graph()
+    node = _train(g, *_models(g), _prompts(g), steps=INTERRUPT_STEPS, save_name=name, resume=True)
+    g.add("SDATest_Capture", value=node[1], key="path")
+    comfy.run(g.prompt())
+    history, full = uninterrupted
+    assert _checkpoint(comfy, name).history == history
+    again, _ = _file(registry.take("path"))
+    assert full.keys() == again.keys() and all(torch.equal(full[k], again[k]) for k in full)
+
+
 
 @pytest.fixture(scope="module")
 def uninterrupted(comfy):
