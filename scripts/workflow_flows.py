@@ -7,6 +7,7 @@ The tests check every workflow here is in workflows/ and up to date, and that Co
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from workflow_compiler import Flow, Out
@@ -340,4 +341,176 @@ With the VAE connected and *eval_every* > 0 it renders fixed seeds and keeps the
           latent_image=Out("latent"), seed=0, denoise=1.0, controls={"seed": "randomize"}, **SAMPLING)
     f.add("decode", "VAEDecode", samples=Out("sampler"), vae=Out("vae"))
     f.add("save", "SaveImage", images=Out("decode"), filename_prefix="sda_training/sample")
+    return f
+
+
+# --- seed grids for the other few-step families ComfyUI runs ------------------------------------------
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A file a family's workflow loads: its name, its folder under ComfyUI/models and where to get it."""
+
+    name: str
+    folder: str
+    url: str
+
+
+HF_FLUX = "https://huggingface.co/black-forest-labs/FLUX.1-schnell/resolve/main"
+HF_FLUX_TE = "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main"
+HF_SD35 = "https://huggingface.co/stabilityai/stable-diffusion-3.5-large-turbo/resolve/main"
+HF_SD35_TE = "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/text_encoders"
+HF_QWEN = "https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files"
+# The files each family's seed-grid workflow loads (the tests write a stand-in for each).
+FAMILY_FILES: dict[str, tuple[ModelFile, ...]] = {
+    "sdxl": (ModelFile("sdxl_lightning_4step.safetensors", "checkpoints",
+                       "https://huggingface.co/ByteDance/SDXL-Lightning/resolve/main/sdxl_lightning_4step.safetensors"),),
+    "flux": (ModelFile("flux1-schnell.safetensors", "diffusion_models", f"{HF_FLUX}/flux1-schnell.safetensors"),
+             ModelFile("clip_l.safetensors", "text_encoders", f"{HF_FLUX_TE}/clip_l.safetensors"),
+             ModelFile("t5xxl_fp8_e4m3fn.safetensors", "text_encoders", f"{HF_FLUX_TE}/t5xxl_fp8_e4m3fn.safetensors"),
+             ModelFile("ae.safetensors", "vae", f"{HF_FLUX}/ae.safetensors")),
+    "sd35": (ModelFile("sd3.5_large_turbo.safetensors", "checkpoints", f"{HF_SD35}/sd3.5_large_turbo.safetensors"),
+             ModelFile("clip_l.safetensors", "text_encoders", f"{HF_SD35_TE}/clip_l.safetensors"),
+             ModelFile("clip_g.safetensors", "text_encoders", f"{HF_SD35_TE}/clip_g.safetensors"),
+             ModelFile("t5xxl_fp16.safetensors", "text_encoders", f"{HF_SD35_TE}/t5xxl_fp16.safetensors")),
+    "qwen_image": (
+        ModelFile("qwen_image_fp8_e4m3fn.safetensors", "diffusion_models",
+                  f"{HF_QWEN}/diffusion_models/qwen_image_fp8_e4m3fn.safetensors"),
+        ModelFile("qwen_2.5_vl_7b_fp8_scaled.safetensors", "text_encoders",
+                  f"{HF_QWEN}/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors"),
+        ModelFile("qwen_image_vae.safetensors", "vae", f"{HF_QWEN}/vae/qwen_image_vae.safetensors"),
+        ModelFile("Qwen-Image-Lightning-8steps-V1.0.safetensors", "loras",
+                  "https://huggingface.co/lightx2v/Qwen-Image-Lightning/resolve/main/"
+                  "Qwen-Image-Lightning-8steps-V1.0.safetensors")),
+}
+# Sampling as each student's card (or ComfyUI's own example) says; cfg 1 = the distilled models' guidance 0.
+FAMILY_SAMPLING = {
+    "sdxl": {"steps": 4, "cfg": 1.0, "sampler_name": "euler", "scheduler": "sgm_uniform"},
+    "flux": {"steps": 4, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"},
+    "sd35": {"steps": 4, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"},
+    "qwen_image": {"steps": 8, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"},
+}
+QWEN_SHIFT = 3.1  # ModelSamplingAuraFlow's shift in ComfyUI's Qwen-Image example
+
+
+def _family_flow(name: str, family: str, model_name: str, use: str) -> Flow:
+    """A Flow whose Note lists the family's files (folder/name, with links), then `use`."""
+    files = FAMILY_FILES[family]
+    listing = "\n".join(f"- `models/{f.folder}/{f.name}` — [download]({f.url})" for f in files)
+    note = f"""## Model files: {model_name}
+
+Put these files into `ComfyUI/models/` (folder/name):
+
+{listing}
+{use}"""
+    links = {f.name: {"name": f.name, "url": f.url, "directory": f.folder} for f in files}
+    return Flow(name, note, model_links=links)
+
+
+def _family_grid(f: Flow, family: str, label: str, model: Out, clip: Out, vae: Out, size: int,
+                 empty_latent: str) -> None:
+    """Prompt, the 16-seed grid with its report and saved image, and KSampler on seed 0 (the grid's first image)."""
+    sampling = FAMILY_SAMPLING[family]
+    f.add("positive", "CLIPTextEncode", clip=clip, text=PROMPT)
+    f.add("negative", "ConditioningZeroOut", conditioning=Out("positive"))
+    f.add("grid", "SDASeedDiversityGrid", title=f"Seed grid: {label}", model=model, positive=Out("positive"),
+          negative=Out("negative"), vae=vae, width=size, height=size, seed=0, num_seeds=16, seed_list="",
+          batch_size=4, label=label, lpips_net="alex", lpips_size="short side 256", **sampling)
+    f.add("report", "PreviewAny", title="Grid report (scores, settings, seeds)", source=Out("grid", "report"))
+    f.add("save_grid", "SaveImage", images=Out("grid", "grid"), filename_prefix=f"seed_grid_{family}/grid")
+    f.add("latent", empty_latent, width=size, height=size, batch_size=1)
+    f.add("sampler", "KSampler", title="KSampler, seed 0: the grid's first image", model=model,
+          positive=Out("positive"), negative=Out("negative"), latent_image=Out("latent"), seed=0, denoise=1.0,
+          controls={"seed": "fixed"}, **sampling)
+    f.add("decode", "VAEDecode", samples=Out("sampler"), vae=vae)
+    f.add("save", "SaveImage", images=Out("decode"), filename_prefix=f"seed_grid_{family}/seed_0")
+
+
+GRID_USE = """
+LPIPS needs torchvision's AlexNet weights: downloaded on first use, or put `alexnet-owt-7be5be79.pth` into
+`models/lpips/` on an offline machine.
+
+## Use
+One prompt over 16 seeds; the grid scores them (average pairwise LPIPS = diversity, pixel std = contrast) and
+its report shows on the canvas. Image k of the grid is exactly what KSampler gives for seed k with the same
+settings: the KSampler below renders seed 0 alone for comparison. Put a many-step model's grid (or the same
+model with an SDA LoKr) beside it with *SDA Diversity Compare* to see how much diversity the distillation took.
+"""
+
+
+@workflow
+def seed_grid_sdxl() -> Flow:
+    f = _family_flow("seed_grid_sdxl", "sdxl", "SDXL-Lightning 4-step (SDXL, eps)", GRID_USE + """
+SDXL-Lightning's card, for ComfyUI: the all-in-one checkpoint, 4 steps, cfg 1, euler, sgm_uniform, 1024².
+Other SDXL few-step students load the same way; set steps, sampler and scheduler as their card says:
+- SDXL-Lightning 2 / 8 steps: `sdxl_lightning_2step.safetensors` / `sdxl_lightning_8step.safetensors` (checkpoints),
+  or its LoRA (e.g. `sdxl_lightning_4step_lora.safetensors`, loras) on `sd_xl_base_1.0.safetensors` through
+  *LoraLoaderModelOnly*;
+- DMD2 (tianweiy/DMD2): its LoRA, e.g. `dmd2_sdxl_4step_lora_fp16.safetensors` (loras), on the SDXL base,
+  4 steps, cfg 1, the lcm sampler;
+- Hyper-SD (ByteDance/Hyper-SD): e.g. `Hyper-SDXL-8steps-lora.safetensors` (loras) on the SDXL base.
+
+**v-prediction SDXL** (e.g. NoobAI-XL V-Pred): ComfyUI reads v-prediction from the checkpoint's `v_pred` key and
+the grid samples it as KSampler does (tested on tiny SDXL models, eps and v). A v-prediction file without that
+key needs *ModelSamplingDiscrete* (v_prediction, zsnr as its card says) between the loader and the grid.
+""")
+    f.add("checkpoint", "CheckpointLoaderSimple", ckpt_name=FAMILY_FILES["sdxl"][0].name)
+    _family_grid(f, "sdxl", "SDXL-Lightning 4 steps", Out("checkpoint", "MODEL"), Out("checkpoint", "CLIP"),
+                 Out("checkpoint", "VAE"), 1024, "EmptyLatentImage")
+    return f
+
+
+@workflow
+def seed_grid_flux() -> Flow:
+    unet, clip_l, t5, ae = (m.name for m in FAMILY_FILES["flux"])
+    f = _family_flow("seed_grid_flux", "flux", "FLUX.1-schnell", GRID_USE + f"""
+As ComfyUI's own FLUX.1-schnell example: *Load Diffusion Model*, *DualCLIPLoader* (type flux), *Load VAE*;
+4 steps, cfg 1, euler, simple, 1024². `t5xxl_fp16.safetensors` (same folder and download page) instead of
+`{t5}` if you have the memory; Comfy-Org's all-in-one `flux1-schnell-fp8.safetensors` (checkpoints) works
+through *Load Checkpoint* too. FLUX.1-dev (guidance-distilled) loads the same way: about 20 steps, with
+*FluxGuidance* on the prompt.
+""")
+    f.add("unet", "UNETLoader", unet_name=unet, weight_dtype="default")
+    f.add("clip", "DualCLIPLoader", clip_name1=clip_l, clip_name2=t5, type="flux", device="default")
+    f.add("vae", "VAELoader", vae_name=ae)
+    _family_grid(f, "flux", "FLUX.1-schnell 4 steps", Out("unet"), Out("clip"), Out("vae"), 1024,
+                 "EmptySD3LatentImage")
+    return f
+
+
+@workflow
+def seed_grid_sd35() -> Flow:
+    ckpt, clip_l, clip_g, t5 = (m.name for m in FAMILY_FILES["sd35"])
+    f = _family_flow("seed_grid_sd35", "sd35", "Stable Diffusion 3.5 Large Turbo", GRID_USE + f"""
+The checkpoint (gated: accept Stability AI's licence on its Hugging Face page first) holds the model and the
+VAE; the three text encoders load through *TripleCLIPLoader*. The card: 4 steps, guidance 0 (cfg 1 here),
+1024². `t5xxl_fp8_e4m3fn.safetensors` instead of `{t5}` saves memory. SD3.5 Large (the many-step teacher,
+`sd3.5_large.safetensors`) loads the same way: about 28 steps, cfg 3.5–4.5.
+""")
+    f.add("checkpoint", "CheckpointLoaderSimple", ckpt_name=ckpt)
+    f.add("clip", "TripleCLIPLoader", clip_name1=clip_l, clip_name2=clip_g, clip_name3=t5)
+    _family_grid(f, "sd35", "SD3.5 Large Turbo 4 steps", Out("checkpoint", "MODEL"), Out("clip"),
+                 Out("checkpoint", "VAE"), 1024, "EmptySD3LatentImage")
+    return f
+
+
+@workflow
+def seed_grid_qwen_image() -> Flow:
+    unet, text_encoder, vae, lightning = (m.name for m in FAMILY_FILES["qwen_image"])
+    f = _family_flow("seed_grid_qwen_image", "qwen_image", "Qwen-Image + Lightning 8-step LoRA", GRID_USE + f"""
+As ComfyUI's own Qwen-Image example (*CLIPLoader* type qwen_image, *ModelSamplingAuraFlow* shift {QWEN_SHIFT},
+1328²) with lightx2v's Lightning LoRA: 8 steps, cfg 1, euler, simple. Qwen-Image's latents are 5-D (frames × height ×
+width, like Wan's): the grid samples them in that format. `qwen_image_bf16.safetensors` (same folder) is the
+full-precision model; the 4-step LoRA (`Qwen-Image-Lightning-4steps-V1.0.safetensors`, 4 steps) and later
+versions (e.g. V1.1, V2.0) load the same way. A distilled model instead of the LoRA: delete the LoRA node and
+load it in *Load Diffusion Model* (e.g. Comfy-Org's `qwen_image_distill_full_fp8_e4m3fn.safetensors`, steps and
+cfg as its card says). The plain model without the LoRA is the many-step teacher: about 20 steps, cfg 2.5.
+""")
+    f.add("unet", "UNETLoader", unet_name=unet, weight_dtype="default")
+    f.add("clip", "CLIPLoader", clip_name=text_encoder, type="qwen_image", device="default")
+    f.add("vae", "VAELoader", vae_name=vae)
+    f.add("lightning", "LoraLoaderModelOnly", title="Lightning LoRA (the few-step student)", model=Out("unet"),
+          lora_name=lightning, strength_model=1.0)
+    f.add("shift", "ModelSamplingAuraFlow", model=Out("lightning"), shift=QWEN_SHIFT)
+    _family_grid(f, "qwen_image", "Qwen-Image Lightning 8 steps", Out("shift"), Out("clip"), Out("vae"), 1328,
+                 "EmptySD3LatentImage")
     return f

@@ -116,7 +116,6 @@ class Schedule:
     sigmas: tuple[float, ...]
     shift: float | None
     noise_scale: float | None  # None: a flow model's (x = σ0·noise)
-    flow: bool
 
 
 def student_schedule(student, steps: int, scheduler: str) -> Schedule:
@@ -132,7 +131,7 @@ def student_schedule(student, steps: int, scheduler: str) -> Schedule:
             sampling_.sigma_max)  # what KSampler decides for a full denoise
         noise_scale = float(sampling_.noise_scaling(first, torch.ones(1), torch.zeros(1), max_denoise))
     shift = getattr(sampling_, "shift", None)
-    return Schedule(tuple(sigmas.tolist()), float(shift) if shift is not None and flow else None, noise_scale, flow)
+    return Schedule(tuple(sigmas.tolist()), float(shift) if shift is not None and flow else None, noise_scale)
 
 
 def parameterization(model):

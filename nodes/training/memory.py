@@ -11,7 +11,7 @@ from ...sda_core.training import SDAConfig
 from ...sda_core.training.memory_plan import (MemoryPlan, RunFacts, check_fits, estimate, lokr_param_count,
                                               zimage_profile)
 from .. import host
-from .shared_teacher import teacher_additions
+from .shared_teacher import student_additions, teacher_additions
 
 TEXT_TOKENS = 128  # when the conditioning says nothing: a typical prompt's padded length
 
@@ -80,7 +80,7 @@ def gather(student, teacher, config: SDAConfig, targets: dict, positive: list, a
     trained = tuple(len({b for b in per_block if b.startswith(group + ".")})
                     for group in ("layers", "noise_refiner", "context_refiner"))
     shapes = [(t.shape[0], math.prod(t.shape[1:])) for t in targets.values()]
-    additions = teacher_additions(student, teacher)
+    additions = teacher_additions(student, teacher) or student_additions(student, teacher)
     mode = "shared" if additions is not None else "swapped" if student.is_clone(teacher) else "resident"
     return RunFacts(
         student_bytes=student.model_size(), teacher_bytes=teacher.model_size(),

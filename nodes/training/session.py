@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import math
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
@@ -21,7 +21,7 @@ from ...sda_core.training.rope import with_rotation_backward, with_rotation_back
 from .. import host
 from .checks import FLOW_TYPES, parameterization
 from .conds import BatchedConds, batch_model_conds, model_conds
-from .shared_teacher import TeacherSwitch, attach_teacher, teacher_additions
+from .shared_teacher import attach_teacher, detach_student, student_additions, teacher_additions
 
 
 def _alias(t: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,8 @@ class Residency:
     student's next forward.
     """
 
-    def __init__(self, student, teacher, weights: TrainableWeights, shared_weights: bool = False) -> None:
+    def __init__(self, student, teacher, weights: TrainableWeights, shared_weights: str | None = None) -> None:
+        """shared_weights: how a teacher sharing the student's weights differs from it (None: it does not)."""
         self.student, self.teacher, self.weights = student, teacher, weights
         self.shared_weights = shared_weights
         self.shared = student.is_clone(teacher)
@@ -92,7 +93,7 @@ class Residency:
 
     def describe(self) -> str:
         if self.shared_weights:
-            return "teacher runs on the student's loaded weights (its own patches switched on for its forwards)"
+            return f"teacher runs on the student's loaded weights ({self.shared_weights})"
         if not self.swap:
             return "student and teacher both loaded"
         why = "they share one model's weights" if self.shared else "memory is short for both"
@@ -142,14 +143,14 @@ def make_denoiser(model, residency: Residency, sample_sigmas: torch.Tensor) -> C
 
 
 def make_shared_teacher(clone, teacher, residency: Residency, sample_sigmas: torch.Tensor, lokr: LoKrSet,
-                        assistant: "AssistantSwitch | None", switch: TeacherSwitch) -> Callable:
-    """The teacher's denoiser on the student's loaded weights: LoKr and assistant off, the teacher's patches on,
-    the teacher's own transformer options."""
+                        assistant: "AssistantSwitch | None", as_teacher: Callable[[], ContextManager]) -> Callable:
+    """The teacher's denoiser on the student's loaded weights: LoKr and assistant off, the weights as the
+    teacher's (`as_teacher`: its patches on, or the student's own off), the teacher's own transformer options."""
     def denoise(x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
         residency.ready(clone)
         kwargs = cond if isinstance(cond, BatchedConds) else batch_model_conds([cond])
         off = assistant.off() if assistant is not None else contextlib.nullcontext()
-        with lokr.disabled(), off, switch.on():
+        with lokr.disabled(), off, as_teacher():
             return clone.model.apply_model(x, sigma, transformer_options=transformer_options(teacher, sample_sigmas),
                                            **kwargs)
 
@@ -267,6 +268,18 @@ def transformer_blocks(model) -> list[torch.nn.Module]:
     return [block for child in diffusion_model.children() if isinstance(child, torch.nn.ModuleList) for block in child]
 
 
+def _share_teacher(clone, student, teacher) -> tuple[Callable[[], ContextManager] | None, str | None]:
+    """(the context a teacher forward on `clone` runs in, how it differs) when the teacher can share the student's
+    weights (shared_teacher), else (None, None)."""
+    additions = teacher_additions(student, teacher)
+    if additions is not None:
+        return attach_teacher(clone, additions), "its own patches switched on for its forwards"
+    own = student_additions(student, teacher)
+    if own is not None:
+        return detach_student(clone, own), "the student's own patches switched off for its forwards"
+    return None, None
+
+
 @dataclasses.dataclass
 class Session:
     """Everything one training call sets up on ComfyUI's objects; `close` undoes it."""
@@ -289,17 +302,16 @@ class Session:
         copy_norm_inputs(clone)
         lokr = attach_lokr(clone, targets, config, device)
         switch = attach_assistant(clone, assistant) if assistant is not None else None
-        additions = teacher_additions(student, teacher)
-        teacher_switch = attach_teacher(clone, additions) if additions is not None else None
+        as_teacher, shared = _share_teacher(clone, student, teacher)
         weights = TrainableWeights(clone.model)
-        residency = Residency(clone, teacher, weights, shared_weights=additions is not None)
+        residency = Residency(clone, teacher, weights, shared_weights=shared)
         sigmas = config.schedule().to(device)
         latent = torch.zeros((1, *config.latent_shape), device=device)
         conds = [c for cond in positive for c in model_conds(clone, cond, latent, "positive")]
         models = SDAModels(
             student=make_denoiser(clone, residency, sigmas),
-            teacher=make_denoiser(teacher, residency, sigmas) if teacher_switch is None else
-            make_shared_teacher(clone, teacher, residency, sigmas, lokr, switch, teacher_switch),
+            teacher=make_denoiser(teacher, residency, sigmas) if as_teacher is None else
+            make_shared_teacher(clone, teacher, residency, sigmas, lokr, switch, as_teacher),
             lokr=lokr, conds=conds, assistant=switch.off if switch else None,
             negative=model_conds(clone, negative, latent, "negative")[0] if negative else None,
             batch_conds=batch_model_conds, device=device,

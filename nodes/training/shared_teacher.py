@@ -7,15 +7,22 @@ weight wrappers that are off except during the teacher's forwards (computed by C
 `comfy.lora.calculate_weight`, as its low-VRAM path applies patches), and those forwards also switch the LoKr
 and the assistant adapter off. One copy of the weights, no model loads, frees, patches or unpatches per step.
 
-Only when the teacher is exactly the student plus additions (the student's patches are a prefix of the
-teacher's on every weight, the same object patches and weight wrappers before its own, every added patch on a
-weight ComfyUI computes through a cast op) is it shared this way; otherwise the session swaps it in (residency).
+The mirror case is as common: the student is the teacher plus a distillation adapter (Qwen-Image + a
+Lightning LoRA, SDXL + a DMD2 / Hyper / Lightning LoRA, Z-Image + a turbo LoRA). Then the training clone is
+loaded without the student's additions, which ride as weight wrappers that are ON except during the teacher's
+forwards. The student's forwards then compute those additions per layer in the compute dtype (fp32 while
+training), where the MODEL a user samples has them merged into its stored weights.
+
+Only when one is exactly the other plus additions (the base's patches are a prefix of the other's on every
+weight, the same object patches and weight wrappers before its own, every added patch on a weight ComfyUI
+computes through a cast op) is it shared this way; otherwise the session swaps the teacher in (residency).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable, Iterator
+import uuid
+from typing import Callable, ContextManager, Iterator
 
 import torch
 
@@ -80,20 +87,31 @@ def teacher_additions(student, teacher) -> TeacherPatches | None:
     return TeacherPatches(patches, wrappers)
 
 
-class TeacherSwitch:
-    """Off (the student's weights) except inside `on()`, where the teacher's additions apply."""
+def student_additions(student, teacher) -> TeacherPatches | None:
+    """The student's own patches over the teacher's when the student is the teacher plus them, else None."""
+    return teacher_additions(teacher, student)
 
-    def __init__(self) -> None:
-        self.active = False
+
+class TeacherSwitch:
+    """Whether some additions apply: `on()` and `off()` set it inside, its value before is restored on exit."""
+
+    def __init__(self, active: bool = False) -> None:
+        self.active = active
 
     @contextlib.contextmanager
-    def on(self) -> Iterator[None]:
+    def _set(self, value: bool) -> Iterator[None]:
         before = self.active
-        self.active = True
+        self.active = value
         try:
             yield
         finally:
             self.active = before
+
+    def on(self) -> ContextManager[None]:
+        return self._set(True)
+
+    def off(self) -> ContextManager[None]:
+        return self._set(False)
 
 
 class _Switched:
@@ -116,12 +134,38 @@ class _Patches:
         return comfy.lora.calculate_weight(self.patches, weight, self.key, intermediate_dtype=weight.dtype)
 
 
-def attach_teacher(clone, additions: TeacherPatches) -> TeacherSwitch:
-    """The teacher's additions on `clone` (before it is loaded) as switchable weight wrappers."""
-    switch = TeacherSwitch()
+def attach_teacher(clone, additions: TeacherPatches) -> Callable[[], ContextManager[None]]:
+    """The teacher's additions on `clone` (before it is loaded) as switchable weight wrappers, off; returns what
+    a teacher forward runs inside (them on)."""
+    switch = TeacherSwitch(active=False)
+    _add_switched(clone, additions, switch)
+    return switch.on
+
+
+def detach_student(clone, additions: TeacherPatches) -> Callable[[], ContextManager[None]]:
+    """The student's own additions taken off `clone`'s patches (before it is loaded: it loads as the teacher) and
+    put back as switchable weight wrappers, on; returns what a teacher forward runs inside (them off)."""
+    for key, added in additions.patches.items():
+        kept = clone.patches[key][:len(clone.patches[key]) - len(added)]  # new lists: the student keeps its own
+        if kept:
+            clone.patches[key] = kept
+        else:
+            del clone.patches[key]
+    for key, added in additions.wrappers.items():
+        kept = clone.weight_wrapper_patches[key][:len(clone.weight_wrapper_patches[key]) - len(added)]
+        if kept:
+            clone.weight_wrapper_patches[key] = kept
+        else:
+            del clone.weight_wrapper_patches[key]
+    clone.patches_uuid = uuid.uuid4()  # other weights than the student's: ComfyUI must patch it afresh
+    switch = TeacherSwitch(active=True)
+    _add_switched(clone, additions, switch)
+    return switch.off
+
+
+def _add_switched(clone, additions: TeacherPatches, switch: TeacherSwitch) -> None:
     for key, patches in sorted(additions.patches.items()):
         clone.add_weight_wrapper(key, _Switched(switch, _Patches(key, patches)))
     for key, wrappers in sorted(additions.wrappers.items()):
         for wrapper in wrappers:
             clone.add_weight_wrapper(key, _Switched(switch, wrapper))
-    return switch

@@ -12,14 +12,22 @@ from typing import Any
 
 
 from sdatest.pack_source import registered_node_ids
-from sdatest.workflow_api import CORE_TYPES
-from workflow_flows import all_flows
+from sdatest.workflow_api import CORE_TYPES, FAMILY_ARCHS
+from workflow_flows import FAMILY_FILES, all_flows
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 NOTE_TYPES = ("Note", "MarkdownNote")
 MODEL_FILES = ("diffusion_models/z_image_turbo_bf16.safetensors", "text_encoders/qwen_3_4b.safetensors",
                "vae/ae.safetensors")
+# The folder under ComfyUI/models each loader reads its file widgets from.
+LOADER_FOLDERS = {"UNETLoader": "diffusion_models", "CheckpointLoaderSimple": "checkpoints",
+                  "CLIPLoader": "text_encoders", "DualCLIPLoader": "text_encoders", "TripleCLIPLoader": "text_encoders",
+                  "VAELoader": "vae", "LoraLoaderModelOnly": "loras", "SDALoKrLoader": "loras",
+                  "SDAAdapterStack": "loras", "SDAInvertTrainingAdapter": "loras", "SDAScheduledAdapter": "loras",
+                  "SDATrainLoKr": "loras"}
+FAMILY_WORKFLOWS = {"sdxl": "seed_grid_sdxl", "flux": "seed_grid_flux", "sd35": "seed_grid_sd35",
+                    "qwen_image": "seed_grid_qwen_image"}
 
 
 def note_text(workflow: dict[str, Any]) -> str:
@@ -81,13 +89,24 @@ def test_only_core_and_our_node_types(workflow):
     assert not unknown, f"node types neither core (CORE_TYPES) nor registered by the pack: {unknown}"
 
 
-def test_note_names_every_file_and_where_it_goes(workflow):
+def test_note_names_every_file_and_where_it_goes(shipped):
+    name, workflow = shipped
     text = note_text(workflow)
     assert text, "no Note node"
-    for path in MODEL_FILES:
-        folder, name = path.split("/")
-        assert name in text and folder in text, f"the Note does not say where {name} goes"
-    assert "models/loras" in text
+    if name not in FAMILY_WORKFLOWS.values():  # the Z-Image workflows: its three files and the adapters' folder
+        for path in MODEL_FILES:
+            folder, file = path.split("/")
+            assert file in text and folder in text, f"the Note does not say where {file} goes"
+        assert "models/loras" in text
+    for node in workflow["nodes"]:
+        files = [v for v in node["widgets_values"] if isinstance(v, str) and v.endswith(".safetensors")]
+        if node["type"] in NOTE_TYPES or not files:
+            continue
+        folder = LOADER_FOLDERS[node["type"]]
+        for file in files:
+            assert file in text and folder in text, f"the Note does not say that {file} goes in models/{folder}"
+            if name in FAMILY_WORKFLOWS.values():
+                assert f"`models/{folder}/{file}`" in text, f"{name}: the Note lists no `models/{folder}/{file}`"
     used = {v for n in workflow["nodes"] if n["type"] not in NOTE_TYPES
             for v in n["widgets_values"] if isinstance(v, str) and v.endswith(".safetensors")}
     assert used, "no model file in the widgets"
@@ -135,3 +154,50 @@ def test_early_steps_workflow_compares_four_schedules():
     (note,) = by_type["Note"]
     text = note["widgets_values"][0]
     assert "first" in text and "sharp" in text and "LPIPS" in text
+
+
+def _flow(name: str):
+    return next(flow for flow in all_flows() if flow.name == name)
+
+
+def test_every_family_with_a_tiny_architecture_has_a_seed_grid_workflow():
+    """Issue 15: one seed-grid workflow per family, each run on that family's tiny models (integration tier)."""
+    assert set(FAMILY_WORKFLOWS) == set(FAMILY_FILES)
+    assert set(FAMILY_ARCHS) == set(FAMILY_WORKFLOWS.values())
+    assert sorted(a for archs in FAMILY_ARCHS.values() for a in archs) == sorted(
+        ["sdxl", "sdxl_v", "flux_schnell", "sd35", "qwen_image"])
+
+
+def test_family_seed_grids_load_their_models_with_comfyuis_stock_loaders():
+    """The loaders, text-encoder types and empty latent a user of each family takes (ComfyUI's own examples)."""
+    expected = {
+        "sdxl": ({"CheckpointLoaderSimple"}, "EmptyLatentImage", {}),
+        "flux": ({"UNETLoader", "DualCLIPLoader", "VAELoader"}, "EmptySD3LatentImage", {"DualCLIPLoader": "flux"}),
+        "sd35": ({"CheckpointLoaderSimple", "TripleCLIPLoader"}, "EmptySD3LatentImage", {}),
+        "qwen_image": ({"UNETLoader", "CLIPLoader", "VAELoader", "LoraLoaderModelOnly"}, "EmptySD3LatentImage",
+                       {"CLIPLoader": "qwen_image"}),
+    }
+    for family, (loaders, latent, clip_types) in expected.items():
+        flow = _flow(FAMILY_WORKFLOWS[family])
+        assert {n.type for n in flow.nodes if n.type in LOADER_FOLDERS} == loaders, family
+        assert {n.type for n in flow.nodes if n.type.startswith("Empty")} == {latent}, family
+        for loader, clip_type in clip_types.items():
+            (node,) = [n for n in flow.nodes if n.type == loader]
+            assert node.values["type"] == clip_type, family
+        files = {v for n in flow.nodes for v in n.values.values() if isinstance(v, str) and v.endswith(".safetensors")}
+        assert files == {f.name for f in FAMILY_FILES[family]}, f"{family}: loaded files and the listed ones differ"
+
+
+def test_family_seed_grids_sample_as_their_ksampler_and_their_card():
+    """The KSampler beside each grid renders the grid's first seed with the grid's settings (so its image is the
+    grid's first), at cfg 1 (distilled) and the steps of the student's card."""
+    steps = {"sdxl": 4, "flux": 4, "sd35": 4, "qwen_image": 8}
+    for family, name in FAMILY_WORKFLOWS.items():
+        nodes = {n.key: n for n in _flow(name).nodes}
+        grid, sampler, latent = nodes["grid"], nodes["sampler"], nodes["latent"]
+        for key in ("steps", "cfg", "sampler_name", "scheduler", "seed"):
+            assert grid.values[key] == sampler.values[key], f"{name}: {key}"
+        assert (grid.values["width"], grid.values["height"]) == (latent.values["width"], latent.values["height"])
+        assert grid.values["model"] == sampler.values["model"] and grid.values["vae"] == nodes["decode"].values["vae"]
+        assert grid.values["steps"] == steps[family] and grid.values["cfg"] == 1.0, name
+        assert grid.values["num_seeds"] == 16 and latent.values["batch_size"] == 1

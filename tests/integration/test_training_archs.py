@@ -161,21 +161,24 @@ def test_gradient_checkpointing_trains_the_same_lokr(comfy, whole_runs, arch):
         torch.testing.assert_close(tensors[key], lokr[key], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["flux_schnell", "qwen_image"])
-def test_shared_weight_teacher_assistant_and_eval_renders(comfy, whole_runs, lpips_weights, arch):
-    """The teacher = the student + a LoRA (here: a trained LoKr) runs on the student's weights; the assistant
-    adapter and the eval renders (Qwen-Image: 5-D latents through its Wan VAE) work on these models too."""
+@pytest.mark.parametrize("arch, mirror", [("flux_schnell", False), ("qwen_image", True)])
+def test_shared_weight_teacher_assistant_and_eval_renders(comfy, whole_runs, lpips_weights, arch, mirror):
+    """A teacher that is the student plus an adapter (FLUX.1), or a student that is the teacher plus one (Qwen-Image
+    + a Lightning LoRA; here a trained LoKr stands in), runs on the student's weights; the assistant adapter and
+    the eval renders (Qwen-Image: 5-D latents through its Wan VAE) work on these models too."""
     whole_runs(arch)
     adapter = f"{arch}_whole.safetensors"
     g = Graph()
-    student = g.add("SDATest_TinyArch", arch=arch, seed=0)
-    teacher = g.add("LoraLoaderModelOnly", model=student, lora_name=adapter, strength_model=1.0)
+    base = g.add("SDATest_TinyArch", arch=arch, seed=0)
+    plus = g.add("LoraLoaderModelOnly", model=base, lora_name=adapter, strength_model=1.0)
+    student, teacher = (plus, base) if mirror else (base, plus)
     cond = g.add("SDATest_TinyArchConditioning", arch=arch, seed=1, tokens=8)
     node = g.add("SDATrainLoKr", student=student, teacher=teacher, conditioning=cond, save_name=f"{arch}_shared",
                  assistant_adapter=adapter, vae=g.add("SDATest_TinyArchVAE", arch=arch, seed=0), eval_every=2,
                  eval_seeds=2, **SETTINGS)
     report = comfy.run(g.prompt())[node.id]["text"][0]
-    assert "teacher runs on the student's loaded weights" in report
+    how = "the student's own patches switched off" if mirror else "its own patches switched on"
+    assert f"teacher runs on the student's loaded weights ({how} for its forwards)" in report
     assert "eval avg LPIPS: step 0: " in report and ", step 4: " in report
     history = _checkpoint(comfy, f"{arch}_shared").history
     assert len(history) == 4 and not any(h["skipped"] for h in history)
@@ -206,6 +209,27 @@ def test_div_skip_beyond_a_short_schedule_is_refused_with_the_value_to_use(comfy
     _train(g, "sd35", "too_far", div_skip=7)
     with pytest.raises(PromptFailed, match=r"div_skip 7: div_skip must lie in 0\.\.4 \(student_steps\); 3 keeps"):
         comfy.run(g.prompt())
+
+
+@pytest.mark.parametrize("arch, scheduler", [("sdxl", "sgm_uniform"), ("sdxl_v", "simple"), ("flux_schnell", "simple"),
+                                             ("sd35", "simple"), ("qwen_image", "simple")])
+def test_the_trainers_x_t_is_ksamplers_latent_at_that_step(comfy, arch, scheduler):
+    """The loss sees the latents KSampler visits: same sigmas, same noise scaling, same Euler steps."""
+    g = Graph()
+    model = g.add("SDATest_TinyArch", arch=arch, seed=0)
+    cond = g.add("SDATest_TinyArchConditioning", arch=arch, seed=1, tokens=8)
+    g.add("SDATest_TrainingRollout", model=model, conditioning=cond, key="ours", seed=5, steps=4, k=2,
+          scheduler=scheduler, size=64)
+    latent = g.add("SDATest_TinyArchLatent", arch=arch, batch=1, side=64)
+    out = g.add("KSamplerAdvanced", model=model, add_noise="enable", noise_seed=5, steps=4, cfg=1.0,
+                sampler_name="euler", scheduler=scheduler, positive=cond, negative=cond, latent_image=latent,
+                start_at_step=0, end_at_step=2, return_with_leftover_noise="enable")
+    g.add("SDATest_Capture", value=out, key="theirs")
+    comfy.run(g.prompt())
+    ours, theirs = registry.take("ours"), _take("theirs")
+    assert ours.shape == theirs.shape
+    assert theirs.abs().max() > 0.1
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_a_teacher_of_another_architecture_is_refused_naming_both(comfy):

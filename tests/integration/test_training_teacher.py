@@ -69,12 +69,12 @@ def counts(monkeypatch, comfy):
     return count_model_calls(monkeypatch)
 
 
-def _per_step(comfy, counts, name: str) -> dict[str, float]:
+def _per_step(comfy, counts, name: str, models=_student_and_teacher) -> dict[str, float]:
     """Calls per training step: a 2-step and an 8-step run differ only by the 6 steps between."""
     seen = []
     for steps in (2, 8):
         g = Graph()
-        student, teacher = _student_and_teacher(g)
+        student, teacher = models(g)
         cond = g.add("ConditioningCombine", conditioning_1=g.add("SDATest_TinyConditioning", seed=0, tokens=8),
                      conditioning_2=g.add("SDATest_TinyConditioning", seed=2, tokens=8))
         node = g.add("SDATrainLoKr", student=student, teacher=teacher, conditioning=cond, steps=steps,
@@ -122,3 +122,62 @@ def test_the_train_step_bench_compares_the_shared_teacher_with_a_separate_reside
     assert f"shared teacher: {SHARED}" in done.stdout
     assert "separate teacher: student and teacher both loaded" in done.stdout
     assert re.search(r"ratio: shared / separate = [\d.]+x\s+\[target <= 1\.1x", done.stdout)
+
+
+MIRROR = "teacher runs on the student's loaded weights (the student's own patches switched off for its forwards)"
+
+
+def _teacher_and_student(g: Graph):
+    """The mirror case: the student is the teacher plus a distillation adapter (Qwen-Image + Lightning, SDXL +
+    DMD2), through ComfyUI's loader and the pack's."""
+    teacher = g.add("SDATest_TinyZImage", seed=3, dtype="fp32", shared=True)
+    student = g.add("LoraLoaderModelOnly", model=teacher, lora_name="teacher_dedistill.safetensors", strength_model=0.8)
+    student = g.add("SDALoKrLoader", model=student, lokr_name="teacher_extra.safetensors", strength=0.5)
+    return student, teacher
+
+
+def test_a_student_that_is_the_teacher_plus_adapters_shares_its_weights_and_predicts_the_teacher(comfy, files):
+    g = Graph()
+    student, teacher = _teacher_and_student(g)
+    cond = g.add("SDATest_TinyConditioning", seed=0, tokens=8)
+    g.add("SDATest_TrainingForward", model=student, teacher=teacher, conditioning=cond, key="shared", seed=7,
+          sigma=0.7, size=16, output="teacher", lokr_name="teacher_strong_lokr.safetensors",
+          assistant_name="teacher_assistant.safetensors")
+    g.add("SDATest_Denoise", model=teacher, conditioning=cond, key="teacher_alone", seed=7, sigma=0.7, size=16)
+    g.add("SDATest_Denoise", model=student, conditioning=cond, key="student_alone", seed=7, sigma=0.7, size=16)
+    comfy.run(g.prompt())
+    assert registry.take("shared_residency") == MIRROR
+    teacher_x0, student_x0 = registry.take("teacher_alone"), registry.take("student_alone")
+    assert (teacher_x0 - student_x0).abs().max() > 1e-2, "the student's adapters changed nothing: could not tell"
+    torch.testing.assert_close(registry.take("shared"), teacher_x0, rtol=0, atol=1e-5)
+
+
+def test_the_student_with_its_own_adapters_as_switched_wrappers_is_the_student_model(comfy, files):
+    g = Graph()
+    student, teacher = _teacher_and_student(g)
+    cond = g.add("SDATest_TinyConditioning", seed=0, tokens=8)
+    g.add("SDATest_TrainingForward", model=student, teacher=teacher, conditioning=cond, key="session", seed=7,
+          sigma=0.7, size=16, output="student")
+    g.add("SDATest_Denoise", model=student, conditioning=cond, key="alone", seed=7, sigma=0.7, size=16)
+    comfy.run(g.prompt())
+    torch.testing.assert_close(registry.take("session"), registry.take("alone"), rtol=0, atol=1e-5)
+
+
+def test_the_mirror_case_makes_no_model_loads_per_step_and_trains_the_swapped_runs_curve(comfy, files, counts,
+                                                                                       monkeypatch):
+    shared, report = _per_step(comfy, counts, "mirror_shared", _teacher_and_student)
+    assert MIRROR in report
+    assert shared == dict.fromkeys(COUNTED, 0.0)
+
+    import nodes as comfy_nodes
+
+    package = comfy_nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__.rsplit(".", 1)[0]
+    monkeypatch.setattr(sys.modules[package + ".session"], "student_additions", lambda student, teacher: None)
+    swapped, report = _per_step(comfy, counts, "mirror_swapped", _teacher_and_student)
+    assert "teacher loaded only for its forwards (they share one model's weights)" in report
+    assert swapped["load_models_gpu"] >= 1
+    history = [load_checkpoint(str(comfy.output_dir / "sda_checkpoints" / f"mirror_{mode}_8.ckpt.safetensors")).history
+               for mode in ("shared", "swapped")]
+    for a, b in zip(*history):
+        assert a["k"] == b["k"]
+        assert a["total"] == pytest.approx(b["total"], rel=1e-4, abs=1e-7)

@@ -1,6 +1,7 @@
 """The shipped workflows inside ComfyUI: their node types exist, their widget values line up with the real
 inputs and fit them, ComfyUI's own validation accepts them, and — with tiny random-weight models in place of
-the real loaders — the basic, comparison and inversion workflows run end to end on the CPU.
+the real loaders — the basic, comparison and inversion workflows and every family's seed grid (SDXL eps and v,
+FLUX.1-schnell, SD3.5, Qwen-Image) run end to end on the CPU.
 """
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 import workflow_flows as flows
-from sdatest.workflow_api import (CORE_TYPES, SAVED_WORKFLOWS_DIR, TINY_LOADERS, WORKFLOWS_DIR, as_loaded,
-                                  combo_options, control_values, tiny_variant, to_api, widget_values,
-                                  write_tiny_model_files)
+from sdatest.workflow_api import (CORE_TYPES, FAMILY_ARCHS, SAVED_WORKFLOWS_DIR, TINY_ARCH_TYPES, TINY_LOADERS,
+                                  WORKFLOWS_DIR, as_loaded, combo_options, control_values, tiny_variant, to_api,
+                                  widget_values, write_tiny_model_files)
 from workflow_compiler import CONTROL, VIRTUAL_TYPES, Out, input_specs, node_defs, node_ids, workflow_text
 
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
@@ -31,7 +33,7 @@ def _load(name: str) -> dict[str, Any]:
 def defs(comfy) -> dict[str, dict[str, Any]]:
     """ComfyUI's definitions of every node type the workflows (and their tiny variants) use."""
     types = {n["type"] for p in WORKFLOWS + SAVED_WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
-    types |= {tiny for tiny, _ in TINY_LOADERS.values()}
+    types |= {tiny for tiny, _ in TINY_LOADERS.values()} | set(TINY_ARCH_TYPES)
     import nodes
 
     missing = sorted(t for t in types - VIRTUAL_TYPES if t not in nodes.NODE_CLASS_MAPPINGS)
@@ -235,3 +237,42 @@ def _ui_images(items: list[dict[str, str]]) -> list[Image.Image]:
         with Image.open(Path(folder_paths.get_directory_by_type(item["type"])) / item["subfolder"] / item["filename"]) as img:
             images.append(img.copy())
     return images
+
+
+FILE_LOADERS = {"UNETLoader", "CheckpointLoaderSimple", "CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "VAELoader"}
+FAMILY_RUNS = [(name, arch) for name, archs in FAMILY_ARCHS.items() for arch in archs]
+
+
+@pytest.mark.parametrize("name, arch", FAMILY_RUNS, ids=[f"{name}-{arch}" for name, arch in FAMILY_RUNS])
+def test_tiny_family_seed_grid_runs_and_its_first_image_is_the_ksamplers(comfy, defs, model_files, name, arch):
+    """Each family's seed-grid workflow on that family's tiny model (SDXL's on eps and v-prediction): a 2 x 2
+    grid of 64 px tiles, a JSON report on the canvas, and the grid's image for seed 0 is the workflow's own
+    KSampler image (Qwen-Image's with 5-D latents and the Lightning LoRA through LoraLoaderModelOnly)."""
+    tiny = tiny_variant(_load(name), defs, arch=arch)
+    _assert_widgets_fit(tiny, defs)
+    prompt = to_api(tiny, defs)
+    assert not {n["class_type"] for n in prompt.values()} & FILE_LOADERS
+    (grid_id,) = [i for i, n in prompt.items() if n["class_type"] == "SDASeedDiversityGrid"]
+    (sampler_id,) = [i for i, n in prompt.items() if n["class_type"] == "KSampler"]
+    (save_id,) = [i for i, n in prompt.items() if n["class_type"] == "SaveImage" and n["inputs"]["images"][0] != grid_id]
+    prompt["grid_images"] = {"class_type": "SaveImage",  # test-only: the grid's images, to compare with KSampler's
+                             "inputs": {"images": [grid_id, 1], "filename_prefix": f"test_{name}_{arch}/images"}}
+    outputs = comfy.run(prompt)
+
+    (grid,) = _ui_images(outputs[grid_id]["images"])
+    assert 2 * TINY_SIDE < grid.width < 3 * TINY_SIDE and grid.height > 2 * TINY_SIDE, f"grid {grid.size}: not 2 x 2 tiles"
+    (saved_grid,) = _ui_images(outputs[next(i for i, n in prompt.items() if n["class_type"] == "SaveImage"
+                                            and n["inputs"]["images"] == [grid_id, 0])]["images"])
+    assert saved_grid.size == grid.size
+    (report,) = _texts(prompt, outputs, "PreviewAny")
+    settings, sampler = json.loads(report)["settings"], prompt[sampler_id]["inputs"]
+    assert (settings["steps"], settings["cfg"], settings["sampler"], settings["scheduler"]) == (
+        sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]), report
+    assert json.loads(report)["seeds"] == [0, 1, 2, 3] and (settings["width"], settings["height"]) == (TINY_SIDE,) * 2
+    first, *rest = _ui_images(outputs["grid_images"]["images"])
+    assert len(rest) == 3 and first.size == (TINY_SIDE, TINY_SIDE)
+    (single,) = _ui_images(outputs[save_id]["images"])
+    first, single = np.asarray(first, dtype=np.int16), np.asarray(single, dtype=np.int16)
+    # equal up to 8-bit rounding (another seed changes 28-87 % of the values here, by up to 255)
+    assert np.abs(first - single).max() <= 1 and (first != single).mean() < 0.01, "grid image 0 is not KSampler's seed 0"
+    assert single.std() > 0, "a flat image"

@@ -22,6 +22,7 @@ MODE_MUTED, MODE_BYPASSED = 2, 4
 CORE_TYPES = frozenset({
     "UNETLoader", "CLIPLoader", "VAELoader", "CLIPTextEncode", "ConditioningZeroOut", "EmptySD3LatentImage",
     "ModelSamplingAuraFlow", "KSampler", "VAEDecode", "SaveImage", "PreviewAny", "MarkdownNote", "Note",
+    "CheckpointLoaderSimple", "DualCLIPLoader", "TripleCLIPLoader", "LoraLoaderModelOnly", "EmptyLatentImage",
 })
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,14 +126,30 @@ def to_api(workflow: dict[str, Any], node_defs: dict[str, dict[str, Any]]) -> di
 
 # --- tiny-model variants: the shipped workflows, runnable on a CPU in seconds ---------------------------
 
-# real loader -> test-only node of the same output type, and the widget values it gets
+# real loader -> test-only node of the same output type, and the widget values it gets (Z-Image workflows)
 TINY_LOADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "UNETLoader": ("SDATest_TinyZImage", {"seed": 0, "dtype": "fp32"}),
     "VAELoader": ("SDATest_TinyVAE", {"seed": 0}),
     "CLIPTextEncode": ("SDATest_TinyConditioning", {"seed": 0, "tokens": 8}),
 }
-TINY_DROPPED = ("CLIPLoader",)  # only fed the text encoder the tiny conditioning replaces
+TINY_DROPPED = ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader")  # only feed the text encoders replaced
 TINY_WIDGETS = {"width": 64, "height": 64, "num_seeds": 4}
+# The other families' seed-grid workflows and the tiny architecture (tests/sdatest/tiny_archs.py) each runs on.
+FAMILY_ARCHS = {"seed_grid_sdxl": ("sdxl", "sdxl_v"), "seed_grid_flux": ("flux_schnell",),
+                "seed_grid_sd35": ("sd35",), "seed_grid_qwen_image": ("qwen_image",)}
+TINY_ARCH_TYPES = ("SDATest_TinyArch", "SDATest_TinyArchVAE", "SDATest_TinyArchConditioning")
+
+
+def _tiny_sources(arch: str | None) -> dict[str, dict[str, tuple[str, dict[str, Any]]]]:
+    """real node type -> {output type it feeds on: the test-only node that makes it instead}."""
+    if arch is None:
+        return {real: {"MODEL" if real == "UNETLoader" else "VAE" if real == "VAELoader" else "CONDITIONING": tiny}
+                for real, tiny in TINY_LOADERS.items()}
+    model = ("SDATest_TinyArch", {"arch": arch, "seed": 0})
+    vae = ("SDATest_TinyArchVAE", {"arch": arch, "seed": 0})
+    conditioning = ("SDATest_TinyArchConditioning", {"arch": arch, "seed": 0, "tokens": 8})
+    return {"UNETLoader": {"MODEL": model}, "VAELoader": {"VAE": vae}, "CLIPTextEncode": {"CONDITIONING": conditioning},
+            "CheckpointLoaderSimple": {"MODEL": model, "VAE": vae}}
 
 
 def _widget_list(node_def: dict[str, Any], values: dict[str, Any]) -> list[Any]:
@@ -158,20 +175,54 @@ def _unlink(workflow: dict[str, Any], link_id: int) -> None:
                 inp["link"] = None
 
 
-def tiny_variant(workflow: dict[str, Any], node_defs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A copy of a UI-format workflow with tiny test-only loaders and 64 px images (node ids kept).
+def _replace_outputs(wf: dict[str, Any], node: dict[str, Any], sources: dict[str, tuple[str, dict[str, Any]]],
+                     node_defs: dict[str, dict[str, Any]]) -> None:
+    """Put test-only nodes in place of `node`: the first replaced output keeps its node id, each further one
+    (a checkpoint's VAE) becomes a new node its links move to; outputs with no replacement are unlinked."""
+    for inp in node.get("inputs", []):
+        if inp.get("link") is not None:
+            _unlink(wf, inp["link"])
+    outputs = node.get("outputs", [])
+    replaced = [o for o in outputs if o["type"] in sources and o.get("links")] or \
+        [o for o in outputs if o["type"] in sources][:1]  # an unconnected loader still becomes its tiny node
+    made: list[dict[str, Any]] = []
+    for out in outputs:
+        links = list(out.get("links") or [])
+        if out not in replaced:
+            for link_id in links:
+                _unlink(wf, link_id)
+            continue
+        tiny_type, values = sources[out["type"]]
+        tiny = {"id": node["id"] if not made else wf["last_node_id"] + 1, "type": tiny_type, "pos": list(node["pos"]),
+                "size": list(node["size"]), "flags": {}, "order": node["order"], "mode": node["mode"], "inputs": [],
+                "outputs": [{"name": out["name"], "type": out["type"], "links": links, "slot_index": 0}],
+                "properties": {"Node name for S&R": tiny_type},
+                "widgets_values": _widget_list(node_defs[tiny_type], values)}
+        if "title" in node:
+            tiny["title"] = node["title"]
+        if made:
+            wf["last_node_id"] = tiny["id"]
+            tiny["pos"][1] += 60 * len(made)
+        for link in wf["links"]:
+            if link[0] in links:
+                link[1], link[2] = tiny["id"], 0
+        made.append(tiny)
+    at = wf["nodes"].index(node)
+    wf["nodes"][at:at + 1] = made
 
+
+def tiny_variant(workflow: dict[str, Any], node_defs: dict[str, dict[str, Any]], arch: str | None = None) -> dict[str, Any]:
+    """A copy of a UI-format workflow with tiny test-only models and 64 px images (node ids kept).
+
+    `arch` None: a Z-Image workflow (tiny Z-Image); else the tiny model of that architecture (tiny_archs.ARCHS)
+    in place of the file loaders, a checkpoint's MODEL and VAE each by its own test-only node.
     `node_defs` must hold the test-only node types too (they are loaded by the test hosts only).
     """
     wf = copy.deepcopy(workflow)
+    sources = _tiny_sources(arch)
     for node in list(wf["nodes"]):
-        if node["type"] in TINY_LOADERS:
-            tiny_type, values = TINY_LOADERS[node["type"]]
-            for inp in node.get("inputs", []):
-                if inp.get("link") is not None:
-                    _unlink(wf, inp["link"])
-            node.update(type=tiny_type, inputs=[], properties={"Node name for S&R": tiny_type},
-                        widgets_values=_widget_list(node_defs[tiny_type], values))
+        if node["type"] in sources:
+            _replace_outputs(wf, node, sources[node["type"]], node_defs)
         elif node["type"] in TINY_DROPPED:
             for out in node.get("outputs", []):
                 for link_id in list(out.get("links") or []):
@@ -190,10 +241,12 @@ def write_tiny_model_files(models_dir: Path) -> dict[str, Path]:
     empty placeholders for the big models (validation only checks names; the tiny variants do not load
     them), real tiny adapters shaped for the tiny Z-Image, and a random-weight AlexNet for LPIPS (never
     downloaded; its scores mean nothing, which is fine for a smoke run)."""
-    from .adapter_files import write_lora, write_sda_lokr, zimage_layout
+    from .adapter_files import write_lora, write_named_adapter, write_sda_lokr, zimage_layout
 
     placeholders = {flows.Z_IMAGE: "diffusion_models", flows.TEACHER: "diffusion_models",
                     flows.QWEN: "text_encoders", flows.AE: "vae"}
+    placeholders.update({f.name: f.folder for files in flows.FAMILY_FILES.values() for f in files
+                         if f.folder != "loras"})
     written: dict[str, Path] = {}
     for name, folder in placeholders.items():
         path = models_dir / folder / name
@@ -208,6 +261,11 @@ def write_tiny_model_files(models_dir: Path) -> dict[str, Path]:
                                  flows.DIFFERENTIAL_LORA), start=12):
         written[name] = loras / name
         write_lora(written[name], shapes, rank=4, seed=seed)
+    lightning = next(f.name for f in flows.FAMILY_FILES["qwen_image"] if f.folder == "loras")
+    written[lightning] = loras / lightning  # a LoRA for the tiny Qwen-Image (tiny_archs), bare diffusers names
+    write_named_adapter(written[lightning], {f"transformer_blocks.{i}.attn.{m}": (64, 64) for i in range(2)
+                                             for m in ("to_q", "to_k", "to_v", "to_out.0")},
+                        suffixes=("lora_down.weight", "lora_up.weight"), rank=4, seed=17)
     written["lpips"] = models_dir / "lpips" / "alexnet.safetensors"
     _write_random_alexnet(written["lpips"])
     return written

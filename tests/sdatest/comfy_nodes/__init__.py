@@ -179,8 +179,9 @@ class TrainingForward:
     """A forward of the SDA trainer's own session on `model` (the student), captured for the test.
 
     output "lokr_delta": the student's forward with its LoKr set from `lokr_name` minus the same forward with the
-    LoKr off (the output delta the trainer sees). output "teacher": the session's teacher forward (with the LoKr
-    and `assistant_name` loaded as training would), and the session's residency line under `<key>_residency`.
+    LoKr off (the output delta the trainer sees). output "teacher" / "student": the session's teacher / student
+    forward (with the LoKr and `assistant_name` loaded as training would), and the session's residency line under
+    `<key>_residency`.
     Runs the pack's session (clone, compute dtype, LoKr placement, residency), nothing else.
     """
 
@@ -200,7 +201,7 @@ class TrainingForward:
             "size": ("INT", {"default": 16, "min": 8, "max": 128, "step": 8}),
         }, "optional": {
             "lokr_name": ("STRING", {"default": ""}),
-            "output": (["lokr_delta", "teacher"], {"default": "lokr_delta"}),
+            "output": (["lokr_delta", "teacher", "student"], {"default": "lokr_delta"}),
             "teacher": ("MODEL",),
             "assistant_name": ("STRING", {"default": ""}),
         }}
@@ -231,13 +232,66 @@ class TrainingForward:
                 x = torch.randn(1, 16, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
                 sigmas = torch.tensor([sigma], device=device)
                 cond = session.models.conds[0]
-                if output == "teacher":
-                    result = session.models.teacher(x, sigmas, cond).float()
+                if output in ("teacher", "student"):
+                    result = getattr(session.models, output)(x, sigmas, cond).float()
                     registry.CAPTURED[key + "_residency"] = session.residency.describe()
                 else:
                     on = session.models.student(x, sigmas, cond).float()
                     with session.lokr.disabled():
                         result = on - session.models.student(x, sigmas, cond).float()
+            finally:
+                session.close()
+        registry.CAPTURED[key] = result.cpu().clone()
+        return {}
+
+
+class TrainingRollout:
+    """The SDA trainer's x_t: seed `seed`'s noise rolled out by the session's student to step `k` of the node's
+    own schedule (sigmas, noise scale, latent shape as SDA Train LoKr computes them), returned as KSampler returns
+    a latent with leftover noise (inverse noise scaling, then process_latent_out), for comparison with
+    KSamplerAdvanced stopped at step k."""
+
+    CATEGORY = "SDA/testing"
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "conditioning": ("CONDITIONING",),
+            "key": ("STRING", {"default": "x_t"}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            "steps": ("INT", {"default": 4, "min": 1, "max": 100}),
+            "k": ("INT", {"default": 2, "min": 0, "max": 100}),
+            "scheduler": ("STRING", {"default": "simple"}),
+            "size": ("INT", {"default": 64, "min": 32, "max": 512, "step": 32}),
+        }}
+
+    def run(self, model, conditioning, key, seed, steps, k, scheduler, size):
+        import sys
+
+        import nodes
+        from sda_core.training.trajectory import rollout
+
+        package = nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__.rsplit(".", 1)[0]
+        session_mod, checks = sys.modules[package + ".session"], sys.modules[package + ".checks"]
+        schedule = checks.student_schedule(model, steps, scheduler)
+        config = session_mod.SDAConfig(steps=1, pool_kernel=4, div_skip=0, student_steps=steps, shift=schedule.shift,
+                                       sigmas=schedule.sigmas, noise_scale=schedule.noise_scale,
+                                       latent_shape=checks.latent_shape(model, size, size, 4))
+        with torch.inference_mode(False), torch.no_grad():
+            session = session_mod.Session.open(model, model, config, checks.lokr_targets(model, False)[1],
+                                               [conditioning], None, None, False)
+            try:
+                session.start()
+                z = torch.randn(1, *config.latent_shape, generator=torch.Generator().manual_seed(seed))
+                (x,) = rollout(session.models.student, [z.to(session.models.device)], config.schedule(), k,
+                               session.models.conds[:1], session.models.batch_conds, config.noise_scale)
+                sigma_k = config.schedule()[k:k + 1]  # KSampler hands leftover noise back inverse-scaled
+                x = model.get_model_object("model_sampling").inverse_noise_scaling(sigma_k, x.float().cpu())
+                result = model.model.process_latent_out(x)
             finally:
                 session.close()
         registry.CAPTURED[key] = result.cpu().clone()
@@ -326,5 +380,6 @@ NODE_CLASS_MAPPINGS = {
     "SDATest_Denoise": Denoise,
     "SDATest_Capture": Capture,
     "SDATest_TrainingForward": TrainingForward,
+    "SDATest_TrainingRollout": TrainingRollout,
     **tiny_archs.NODES,
 }
