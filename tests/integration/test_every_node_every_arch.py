@@ -4,8 +4,8 @@ ComfyUI's validation and executor, checked against ComfyUI's own nodes where one
 (LoraLoaderModelOnly, KSampler, KSamplerAdvanced) and otherwise for shapes, finite values and a real effect.
 
 The node list is read from nodes/registry.py, so a node added later fails here, by name, until it has a
-recipe (or a reason to be left out). Where a node cannot serve an architecture, its cell expects the error
-and the architecture's name in it.
+recipe (or a reason to be left out). Every node serves every architecture; what cannot work is a mix of them
+(an adapter of another family, an early model of another latent space), and those errors must name both.
 """
 from __future__ import annotations
 
@@ -41,8 +41,6 @@ ADAPTED = {
     "qwen_image": r"^diffusion_model\.transformer_blocks\.\d+\.(attn\.(to_q|add_k_proj)|img_mlp\.net\.2)$",
     "zimage": r"^diffusion_model\.layers\.\d+\.(attention\.qkv|feed_forward\.w2)$",
 }
-# node id -> {arch: what the error must say}, for cells where a node cannot serve the architecture.
-EXPECTED_ERRORS: dict[str, dict[str, str]] = {}
 
 
 def _file(arch: str, which: str) -> str:
@@ -235,7 +233,7 @@ def lpips_score(c: Cell) -> None:
 def _positive_edit(node_id: str, on: dict, off: dict) -> Callable[[Cell], None]:
     """A method that edits the positive prompt embedding: switched off it gives the base images exactly; on, it
     changes every image of a batch by a real part of what another prompt changes (tiny random models hardly
-    listen to their prompt: another prompt moves their latents by ~1e-3 of their size)."""
+    listen to their prompt: another prompt moves their latents by 1e-4 to 1e-2 of their size)."""
 
     def recipe(c: Cell) -> None:
         c.sample(c.g.add(node_id, model=c.model, **on), "on", batch=2, cfg=2.0)
@@ -275,7 +273,7 @@ def model_by_step(c: Cell) -> None:
     def check():
         chained = _latent("chained")
         _differs(chained, _latent("base"), "the early model")
-        torch.testing.assert_close(_latent("by_step"), chained, rtol=0, atol=1e-5)
+        torch.testing.assert_close(_latent("by_step"), chained, **CLOSE)
     c.then(check)
 
 
@@ -312,20 +310,14 @@ def test_node_runs_on_architecture(comfy, adapters, lpips_weights, node_id, arch
         pytest.fail(f"{node_id} is registered by the pack but has no recipe in this module")
     cell = Cell(arch)
     RECIPES[node_id](cell)
-    expected = EXPECTED_ERRORS.get(node_id, {}).get(arch)
     registry.CAPTURED.clear()
-    if expected is not None:
-        with pytest.raises(PromptFailed) as info:
-            comfy.run(cell.g.prompt())
-        assert expected in str(info.value)
-        return
     comfy.run(cell.g.prompt())
     for check in cell.checks:
         check()
     assert not registry.CAPTURED, f"captured but never checked: {sorted(registry.CAPTURED)}"
 
 
-# -- the error cells: an adapter of another architecture -------------------------------------------------------
+# -- the error cells: another architecture's adapter or early model ----------------------------------------------
 
 # How the nodes name each tiny model (ComfyUI's config class; Z-Image by its own name) and what a file of each
 # architecture, in ComfyUI's `diffusion_model.` names, looks like to them.
