@@ -176,8 +176,8 @@ def attach_lokr(model, targets: dict[str, Target], config: SDAConfig, device) ->
 class InputCopy:
     """A norm layer's forward on a copy of its input whenever a gradient is wanted.
 
-    FLUX.1's and SD3's blocks add their residuals in place (`img += …`) into the tensor they just normalised,
-    and a layer norm keeps its input for backward: autograd then refuses the backward ("modified by an inplace
+    ComfyUI's FLUX.1 blocks add their residuals in place (`img += …`) into the tensor they just normalised, and
+    a layer norm keeps its input for backward: autograd then refuses the backward ("modified by an inplace
     operation"). Normalising a copy leaves the norm's saved tensor untouched; forwards without grad (rollout,
     baseline, teacher) run as loaded.
     """
@@ -191,14 +191,11 @@ class InputCopy:
         return self.forward(x, *args, **kwargs)
 
 
-def copy_norm_inputs(model) -> int:
+def copy_norm_inputs(model) -> None:
     """`InputCopy` on every layer norm and group norm of `model` (a clone, before loading), as object patches."""
-    count = 0
     for name, module in model.model.diffusion_model.named_modules():
         if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
             model.add_object_patch(f"{host.MODEL_PREFIX}{name}.forward", InputCopy(module.forward))
-            count += 1
-    return count
 
 
 def train_in_fp32(model) -> None:
