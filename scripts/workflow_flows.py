@@ -394,7 +394,11 @@ QWEN_SHIFT = 3.1  # ModelSamplingAuraFlow's shift in ComfyUI's Qwen-Image exampl
 
 def _family_flow(name: str, family: str, model_name: str, use: str) -> Flow:
     """A Flow whose Note lists the family's files (folder/name, with links), then `use`."""
-    files = FAMILY_FILES[family]
+    return _files_flow(name, FAMILY_FILES[family], model_name, use)
+
+
+def _files_flow(name: str, files: tuple[ModelFile, ...], model_name: str, use: str) -> Flow:
+    """A Flow whose Note lists `files` (folder/name, with links), then `use`."""
     listing = "\n".join(f"- `models/{f.folder}/{f.name}` — [download]({f.url})" for f in files)
     note = f"""## Model files: {model_name}
 
@@ -513,4 +517,61 @@ cfg as its card says). The plain model without the LoRA is the many-step teacher
     f.add("shift", "ModelSamplingAuraFlow", model=Out("lightning"), shift=QWEN_SHIFT)
     _family_grid(f, "qwen_image", "Qwen-Image Lightning 8 steps", Out("shift"), Out("clip"), Out("vae"), 1328,
                  "EmptySD3LatentImage")
+    return f
+
+
+# --- SDA training for another family ------------------------------------------------------------------
+
+HF_SDXL = "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main"
+# The SDXL training workflow's files: the teacher checkpoint and the student's distillation LoRA on it.
+SDXL_TRAINING_FILES = (
+    ModelFile("sd_xl_base_1.0.safetensors", "checkpoints", f"{HF_SDXL}/sd_xl_base_1.0.safetensors"),
+    ModelFile("sdxl_lightning_4step_lora.safetensors", "loras",
+              "https://huggingface.co/ByteDance/SDXL-Lightning/resolve/main/sdxl_lightning_4step_lora.safetensors"),
+)
+SDXL_TEACHER_CFG = 6.0  # SDXL base's usual guidance (its card samples at 5-7.5)
+
+
+@workflow
+def sda_training_sdxl() -> Flow:
+    base, lightning = (m.name for m in SDXL_TRAINING_FILES)
+    sampling = FAMILY_SAMPLING["sdxl"]
+    f = _files_flow("sda_training_sdxl", SDXL_TRAINING_FILES, "SDXL base (teacher) + SDXL-Lightning 4-step LoRA "
+                    "(student)", f"""
+## Use
+*SDA Train LoKr* on an SDXL few-step student: SDXL base is the many-step teacher, the same base with the
+Lightning 4-step LoRA the student. Because the student is the teacher plus a LoRA, training runs on one set of
+weights (the report's `models:` line says so). The loss trains on the student's own schedule: 4 steps, euler,
+sgm_uniform (*student_steps* 4, *scheduler* sgm_uniform), the diversity term on steps 0-2 (*div_skip* 3) and the
+last step pure anchor. SDXL base needs guidance: the teacher's targets use *teacher_cfg* {SDXL_TEACHER_CFG:g} with
+*negative_prompt*. SDXL predicts noise (eps): the anchor compares predicted noise (see docs/method.md, "Other
+architectures"). The LoKr is saved in `models/loras/` in kohya's SDXL names (`lora_unet_…`), which ComfyUI,
+A1111/Forge and diffusers read.
+
+Other SDXL students load the same way: DMD2's LoRA (e.g. `dmd2_sdxl_4step_lora_fp16.safetensors`, 4 steps)
+or Hyper-SD's (e.g. `Hyper-SDXL-8steps-lora.safetensors`: *student_steps* 8, *div_skip* 7, and its scheduler);
+a merged few-step checkpoint (e.g. `sdxl_lightning_4step.safetensors`) loads as the student with its own
+*Load Checkpoint*, the base as the teacher (two models in memory instead of one). Out of memory: training
+stops and keeps the last complete step (resume continues); lower *width*/*height* to 768.
+""")
+    f.add("checkpoint", "CheckpointLoaderSimple", title="Teacher: SDXL base", ckpt_name=base)
+    f.add("student", "LoraLoaderModelOnly", title="Student: + Lightning 4-step LoRA", model=Out("checkpoint", "MODEL"),
+          lora_name=lightning, strength_model=1.0)
+    f.add("train", "SDATrainLoKr", student=Out("student"), teacher=Out("checkpoint", "MODEL"),
+          clip=Out("checkpoint", "CLIP"), vae=Out("checkpoint", "VAE"), prompts=TRAINING_PROMPTS,
+          negative_prompt="blurry, low quality, deformed", teacher_cfg=SDXL_TEACHER_CFG, assistant_adapter="None",
+          width=1024, height=1024, steps=1000, student_steps=4, div_skip=3, scheduler=sampling["scheduler"],
+          gradient_checkpointing=True, save_name="sda_lokr_sdxl_lightning_4step", checkpoint_every=100,
+          resume=False, eval_every=250, eval_seeds=4)
+    f.add("curves", "SaveImage", title="Save loss curves", images=Out("train", "loss_curves"),
+          filename_prefix="sda_training_sdxl/loss_curves")
+    f.add("path", "PreviewAny", title="Saved LoKr", source=Out("train", "lokr_path"))
+    f.add("positive", "CLIPTextEncode", clip=Out("checkpoint", "CLIP"), text=PROMPT)
+    f.add("negative", "ConditioningZeroOut", conditioning=Out("positive"))
+    f.add("latent", "EmptyLatentImage", width=1024, height=1024, batch_size=1)
+    f.add("sampler", "KSampler", title="The student with the new LoKr", model=Out("train", "MODEL"),
+          positive=Out("positive"), negative=Out("negative"), latent_image=Out("latent"), seed=0, denoise=1.0,
+          controls={"seed": "randomize"}, **sampling)
+    f.add("decode", "VAEDecode", samples=Out("sampler"), vae=Out("checkpoint", "VAE"))
+    f.add("save", "SaveImage", images=Out("decode"), filename_prefix="sda_training_sdxl/sample")
     return f

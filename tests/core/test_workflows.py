@@ -28,6 +28,7 @@ LOADER_FOLDERS = {"UNETLoader": "diffusion_models", "CheckpointLoaderSimple": "c
                   "SDATrainLoKr": "loras"}
 FAMILY_WORKFLOWS = {"sdxl": "seed_grid_sdxl", "flux": "seed_grid_flux", "sd35": "seed_grid_sd35",
                     "qwen_image": "seed_grid_qwen_image"}
+NOT_Z_IMAGE = {*FAMILY_WORKFLOWS.values(), "sda_training_sdxl"}  # workflows of the other families
 
 
 def note_text(workflow: dict[str, Any]) -> str:
@@ -93,7 +94,7 @@ def test_note_names_every_file_and_where_it_goes(shipped):
     name, workflow = shipped
     text = note_text(workflow)
     assert text, "no Note node"
-    if name not in FAMILY_WORKFLOWS.values():  # the Z-Image workflows: its three files and the adapters' folder
+    if name not in NOT_Z_IMAGE:  # the Z-Image workflows: its three files and the adapters' folder
         for path in MODEL_FILES:
             folder, file = path.split("/")
             assert file in text and folder in text, f"the Note does not say where {file} goes"
@@ -105,7 +106,7 @@ def test_note_names_every_file_and_where_it_goes(shipped):
         folder = LOADER_FOLDERS[node["type"]]
         for file in files:
             assert file in text and folder in text, f"the Note does not say that {file} goes in models/{folder}"
-            if name in FAMILY_WORKFLOWS.values():
+            if name in NOT_Z_IMAGE:
                 assert f"`models/{folder}/{file}`" in text, f"{name}: the Note lists no `models/{folder}/{file}`"
     used = {v for n in workflow["nodes"] if n["type"] not in NOTE_TYPES
             for v in n["widgets_values"] if isinstance(v, str) and v.endswith(".safetensors")}

@@ -276,3 +276,28 @@ def test_tiny_family_seed_grid_runs_and_its_first_image_is_the_ksamplers(comfy, 
     # equal up to 8-bit rounding (another seed changes 28-87 % of the values here, by up to 255)
     assert np.abs(first - single).max() <= 1 and (first != single).mean() < 0.01, "grid image 0 is not KSampler's seed 0"
     assert single.std() > 0, "a flat image"
+
+
+def test_tiny_sdxl_training_workflow_trains_the_lightning_student_on_the_teachers_weights(comfy, defs, model_files):
+    """The SDXL training workflow on the tiny SDXL: the student is the teacher plus the Lightning LoRA, so the
+    teacher shares its weights; the loss follows the 4-step sgm_uniform schedule with the teacher at cfg 6."""
+    tiny = tiny_variant(_load("sda_training_sdxl"), defs, arch="sdxl")
+    _assert_widgets_fit(tiny, defs)
+    prompt = to_api(tiny, defs)
+    assert not {n["class_type"] for n in prompt.values()} & FILE_LOADERS
+    (train_id,) = [i for i, n in prompt.items() if n["class_type"] == "SDATrainLoKr"]
+    (positive_id,) = [i for i, n in prompt.items() if n["class_type"] == "SDATest_TinyArchConditioning"]
+    inputs = prompt[train_id]["inputs"]
+    assert (inputs["student_steps"], inputs["div_skip"], inputs["scheduler"], inputs["teacher_cfg"]) == (
+        4, 3, "sgm_uniform", 6.0)
+    # a smoke run: the tiny variant loads no text encoder (the checkpoint's CLIP is unlinked), so the prompt comes
+    # as conditioning and the negative is zeroed
+    assert "clip" not in inputs
+    inputs.update(conditioning=[positive_id, 0], negative_prompt="", steps=2, eval_every=0, checkpoint_every=0)
+    outputs = comfy.run(prompt)
+    report = outputs[train_id]["text"][0]
+    assert "2 of 2 steps done" in report, report
+    assert "teacher runs on the student's loaded weights (the student's own patches switched off" in report
+    assert "4-step sgm_uniform schedule" in report and "teacher cfg 6, negative: zeroed conditioning" in report
+    images = _saved_images(comfy, prompt, outputs)
+    assert any(image.size == (TINY_SIDE, TINY_SIDE) for image in images), [i.size for i in images]

@@ -242,11 +242,12 @@ def write_tiny_model_files(models_dir: Path) -> dict[str, Path]:
     them), real tiny adapters shaped for the tiny Z-Image, and a random-weight AlexNet for LPIPS (never
     downloaded; its scores mean nothing, which is fine for a smoke run)."""
     from .adapter_files import write_lora, write_named_adapter, write_sda_lokr, zimage_layout
+    from .tiny_archs import key_map_modules, lora_key_map
 
     placeholders = {flows.Z_IMAGE: "diffusion_models", flows.TEACHER: "diffusion_models",
                     flows.QWEN: "text_encoders", flows.AE: "vae"}
-    placeholders.update({f.name: f.folder for files in flows.FAMILY_FILES.values() for f in files
-                         if f.folder != "loras"})
+    placeholders.update({f.name: f.folder for files in (*flows.FAMILY_FILES.values(), flows.SDXL_TRAINING_FILES)
+                         for f in files if f.folder != "loras"})
     written: dict[str, Path] = {}
     for name, folder in placeholders.items():
         path = models_dir / folder / name
@@ -266,6 +267,11 @@ def write_tiny_model_files(models_dir: Path) -> dict[str, Path]:
     write_named_adapter(written[lightning], {f"transformer_blocks.{i}.attn.{m}": (64, 64) for i in range(2)
                                              for m in ("to_q", "to_k", "to_v", "to_out.0")},
                         suffixes=("lora_down.weight", "lora_up.weight"), rank=4, seed=17)
+    sdxl_lora = next(f.name for f in flows.SDXL_TRAINING_FILES if f.folder == "loras")
+    written[sdxl_lora] = loras / sdxl_lora  # a kohya LoRA for the tiny SDXL (tiny_archs), on its attention
+    write_named_adapter(written[sdxl_lora], key_map_modules(
+        r"^lora_unet_(input_blocks|middle_block|output_blocks)_.*_attn[12]_to_(q|k|v|out_0)$", *lora_key_map("sdxl")),
+        suffixes=("lora_down.weight", "lora_up.weight"), rank=4, seed=18)
     written["lpips"] = models_dir / "lpips" / "alexnet.safetensors"
     _write_random_alexnet(written["lpips"])
     return written
