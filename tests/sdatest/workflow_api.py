@@ -242,7 +242,6 @@ def write_tiny_model_files(models_dir: Path) -> dict[str, Path]:
     them), real tiny adapters shaped for the tiny Z-Image, and a random-weight AlexNet for LPIPS (never
     downloaded; its scores mean nothing, which is fine for a smoke run)."""
     from .adapter_files import write_lora, write_named_adapter, write_sda_lokr, zimage_layout
-    from .tiny_archs import key_map_modules, lora_key_map
 
     placeholders = {flows.Z_IMAGE: "diffusion_models", flows.TEACHER: "diffusion_models",
                     flows.QWEN: "text_encoders", flows.AE: "vae"}
@@ -268,10 +267,11 @@ def write_tiny_model_files(models_dir: Path) -> dict[str, Path]:
                                              for m in ("to_q", "to_k", "to_v", "to_out.0")},
                         suffixes=("lora_down.weight", "lora_up.weight"), rank=4, seed=17)
     sdxl_lora = next(f.name for f in flows.SDXL_TRAINING_FILES if f.folder == "loras")
-    written[sdxl_lora] = loras / sdxl_lora  # a kohya LoRA for the tiny SDXL (tiny_archs), on its attention
-    write_named_adapter(written[sdxl_lora], key_map_modules(
-        r"^lora_unet_(input_blocks|middle_block|output_blocks)_.*_attn[12]_to_(q|k|v|out_0)$", *lora_key_map("sdxl")),
-        suffixes=("lora_down.weight", "lora_up.weight"), rank=4, seed=18)
+    written[sdxl_lora] = loras / sdxl_lora  # a kohya LoRA for the tiny SDXL (tiny_archs): its self-attention q, v
+    write_named_adapter(written[sdxl_lora], {f"lora_unet_{block}_transformer_blocks_0_attn1_to_{m}": (128, 128)
+                                             for block in ("input_blocks_3_1", "middle_block_1", "output_blocks_0_1",
+                                                           "output_blocks_1_1") for m in ("q", "v")},
+                        suffixes=("lora_down.weight", "lora_up.weight"), rank=4, seed=18)
     written["lpips"] = models_dir / "lpips" / "alexnet.safetensors"
     _write_random_alexnet(written["lpips"])
     return written
