@@ -28,8 +28,8 @@ from ...sda_core.training import (Checkpoint, LoKrSet, SDAConfig, TeacherNotFini
 from ...sda_core.training.targets import TargetTable
 from ...sda_core.training.plot import draw_loss_curves, summarize
 from .. import host
-from .checks import (CATEGORY, NONE, REPORT_WINDOW, RunFiles, describe_model, latent_shape, lokr_targets,
-                     require_same_family, require_trainable, student_schedule)
+from .checks import (CATEGORY, FLOW_TYPES, NONE, REPORT_WINDOW, RunFiles, describe_model, latent_shape,
+                     lokr_targets, require_same_family, require_trainable, student_schedule)
 from .conds import gather_prompts, negative_conditioning, prompt_fingerprint
 from .memory import plan_run
 from .progress import EvalPlan, Evaluator, Progress, make_eval_plan, save_run_lokr
@@ -439,6 +439,9 @@ class SDATrainLoKr(io.ComfyNode):
                    "assistant_adapter": assistant_adapter if use_assistant else None,
                    "include_refiners": include_refiners, "architecture": table.family,
                    "trainer": "comfyui-sda SDATrainLoKr"}
+        if student.model.model_type.name not in FLOW_TYPES:  # the anchor is on the model's own prediction
+            details["x0_projection"] = (f"x0 = c_skip*x_t - c_out*p, p the model's own prediction (model type "
+                                        f"{student.model.model_type.name}; c_skip, c_out from ComfyUI's model sampling)")
         eval_plan = make_eval_plan(vae, eval_every, eval_seeds, seed, width, height, positive, negative)
         _, plan_lines = plan_run(student, teacher, config, targets, positive, use_assistant, gradient_checkpointing,
                                  width, height, table.family)  # refuses, before anything loads, a run that does not fit

@@ -90,6 +90,9 @@ def test_trains_and_the_saved_file_reloads_to_the_returned_model(comfy, arch):
     modules = {k.rsplit(".", 1)[0] for k in tensors}
     assert set(must_hold) <= modules, sorted(modules)[:8]
     assert meta["sda_architecture"] == family
+    flow = arch not in ("sdxl", "sdxl_v")
+    assert meta["sda_x0_projection"].startswith("x_t - sigma*v" if flow else "x0 = c_skip*x_t - c_out*p"), meta
+    assert flow or ("model type " + ("EPS" if arch == "sdxl" else "V_PREDICTION")) in meta["sda_x0_projection"]
     config = json.loads(meta["sda_config"])
     assert len(config["sigmas"]) == 5 and config["sigmas"][-1] == 0.0 and config["scheduler"] == "simple"
     still = sorted(m for m in modules if not tensors[m + ".lokr_w2"].abs().max() > 0)
