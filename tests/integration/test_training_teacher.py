@@ -40,17 +40,33 @@ def files(comfy):
     return loras
 
 
+def _base_and_plus(g: Graph):
+    """A tiny Z-Image, and it plus a LoRA (ComfyUI's loader) and a second adapter (the pack's)."""
+    base = g.add("SDATest_TinyZImage", seed=3, dtype="fp32", shared=True)
+    plus = g.add("LoraLoaderModelOnly", model=base, lora_name="teacher_dedistill.safetensors", strength_model=0.8)
+    return base, g.add("SDALoKrLoader", model=plus, lokr_name="teacher_extra.safetensors", strength=0.5)
+
+
 def _student_and_teacher(g: Graph):
-    """The teacher: the student plus a de-distill LoRA (ComfyUI's loader) and a second adapter (the pack's)."""
-    student = g.add("SDATest_TinyZImage", seed=3, dtype="fp32", shared=True)
-    teacher = g.add("LoraLoaderModelOnly", model=student, lora_name="teacher_dedistill.safetensors", strength_model=0.8)
-    teacher = g.add("SDALoKrLoader", model=teacher, lokr_name="teacher_extra.safetensors", strength=0.5)
+    """The teacher: the student plus a de-distill LoRA and a second adapter."""
+    return _base_and_plus(g)
+
+
+def _teacher_and_student(g: Graph):
+    """The mirror case: the student is the teacher plus distillation adapters (Qwen-Image + Lightning, SDXL + DMD2)."""
+    student, teacher = _base_and_plus(g)[::-1]
     return student, teacher
 
 
-def test_the_shared_teacher_predicts_what_the_teacher_model_predicts_alone(comfy, files):
+OWN = "teacher runs on the student's loaded weights (its own patches switched on for its forwards)"
+MIRROR = "teacher runs on the student's loaded weights (the student's own patches switched off for its forwards)"
+
+
+@pytest.mark.parametrize("models, residency", [(_student_and_teacher, OWN), (_teacher_and_student, MIRROR)],
+                         ids=["teacher is student plus adapters", "student is teacher plus adapters"])
+def test_the_shared_teacher_predicts_what_the_teacher_model_predicts_alone(comfy, files, models, residency):
     g = Graph()
-    student, teacher = _student_and_teacher(g)
+    student, teacher = models(g)
     cond = g.add("SDATest_TinyConditioning", seed=0, tokens=8)
     g.add("SDATest_TrainingForward", model=student, teacher=teacher, conditioning=cond, key="shared", seed=7,
           sigma=0.7, size=16, output="teacher", lokr_name="teacher_strong_lokr.safetensors",
@@ -58,9 +74,9 @@ def test_the_shared_teacher_predicts_what_the_teacher_model_predicts_alone(comfy
     g.add("SDATest_Denoise", model=teacher, conditioning=cond, key="alone", seed=7, sigma=0.7, size=16)
     g.add("SDATest_Denoise", model=student, conditioning=cond, key="student", seed=7, sigma=0.7, size=16)
     comfy.run(g.prompt())
-    assert SHARED in registry.take("shared_residency")
+    assert registry.take("shared_residency") == residency
     shared, alone, student_x0 = registry.take("shared"), registry.take("alone"), registry.take("student")
-    assert (alone - student_x0).abs().max() > 1e-2, "the teacher's adapters changed nothing: the test could not tell"
+    assert (alone - student_x0).abs().max() > 1e-2, "the adapters changed nothing: the test could not tell"
     torch.testing.assert_close(shared, alone, rtol=0, atol=1e-5)
 
 
@@ -87,21 +103,26 @@ def _per_step(comfy, counts, name: str, models=_student_and_teacher) -> dict[str
     return {k: (seen[1][k] - seen[0][k]) / 6 for k in counts}, report
 
 
-def test_a_shared_teacher_makes_no_model_loads_frees_patches_or_unpatches_per_step(comfy, files, counts, monkeypatch):
-    shared, report = _per_step(comfy, counts, "count_shared")
-    assert SHARED in report
+@pytest.mark.parametrize("models, sharing, residency", [(_student_and_teacher, "teacher_additions", OWN),
+                                                       (_teacher_and_student, "student_additions", MIRROR)],
+                         ids=["teacher is student plus adapters", "student is teacher plus adapters"])
+def test_a_shared_teacher_makes_no_model_loads_frees_patches_or_unpatches_per_step(comfy, files, counts, monkeypatch,
+                                                                                 models, sharing, residency):
+    name = models.__name__.strip("_")
+    shared, report = _per_step(comfy, counts, f"{name}_shared", models)
+    assert residency in report
     print("per step with the shared teacher:", shared)
     assert shared == dict.fromkeys(COUNTED, 0.0)
 
     import nodes as comfy_nodes
 
     package = comfy_nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__.rsplit(".", 1)[0]
-    monkeypatch.setattr(sys.modules[package + ".session"], "teacher_additions", lambda student, teacher: None)
-    swapped, report = _per_step(comfy, counts, "count_swapped")  # the counter counts: the swap costs calls
+    monkeypatch.setattr(sys.modules[package + ".session"], sharing, lambda student, teacher: None)
+    swapped, report = _per_step(comfy, counts, f"{name}_swapped", models)  # the counter counts: the swap costs calls
     assert "teacher loaded only for its forwards (they share one model's weights)" in report
     print("per step with the teacher swapped in:", swapped)
     assert swapped["load_models_gpu"] >= 1 and swapped["unpatch_model"] >= 1
-    history = [load_checkpoint(str(comfy.output_dir / "sda_checkpoints" / f"count_{mode}_8.ckpt.safetensors")).history
+    history = [load_checkpoint(str(comfy.output_dir / "sda_checkpoints" / f"{name}_{mode}_8.ckpt.safetensors")).history
                for mode in ("shared", "swapped")]
     for a, b in zip(*history):  # both teachers predict the same: the runs agree up to float rounding
         assert a["k"] == b["k"]
@@ -124,34 +145,6 @@ def test_the_train_step_bench_compares_the_shared_teacher_with_a_separate_reside
     assert re.search(r"ratio: shared / separate = [\d.]+x\s+\[target <= 1\.1x", done.stdout)
 
 
-MIRROR = "teacher runs on the student's loaded weights (the student's own patches switched off for its forwards)"
-
-
-def _teacher_and_student(g: Graph):
-    """The mirror case: the student is the teacher plus a distillation adapter (Qwen-Image + Lightning, SDXL +
-    DMD2), through ComfyUI's loader and the pack's."""
-    teacher = g.add("SDATest_TinyZImage", seed=3, dtype="fp32", shared=True)
-    student = g.add("LoraLoaderModelOnly", model=teacher, lora_name="teacher_dedistill.safetensors", strength_model=0.8)
-    student = g.add("SDALoKrLoader", model=student, lokr_name="teacher_extra.safetensors", strength=0.5)
-    return student, teacher
-
-
-def test_a_student_that_is_the_teacher_plus_adapters_shares_its_weights_and_predicts_the_teacher(comfy, files):
-    g = Graph()
-    student, teacher = _teacher_and_student(g)
-    cond = g.add("SDATest_TinyConditioning", seed=0, tokens=8)
-    g.add("SDATest_TrainingForward", model=student, teacher=teacher, conditioning=cond, key="shared", seed=7,
-          sigma=0.7, size=16, output="teacher", lokr_name="teacher_strong_lokr.safetensors",
-          assistant_name="teacher_assistant.safetensors")
-    g.add("SDATest_Denoise", model=teacher, conditioning=cond, key="teacher_alone", seed=7, sigma=0.7, size=16)
-    g.add("SDATest_Denoise", model=student, conditioning=cond, key="student_alone", seed=7, sigma=0.7, size=16)
-    comfy.run(g.prompt())
-    assert registry.take("shared_residency") == MIRROR
-    teacher_x0, student_x0 = registry.take("teacher_alone"), registry.take("student_alone")
-    assert (teacher_x0 - student_x0).abs().max() > 1e-2, "the student's adapters changed nothing: could not tell"
-    torch.testing.assert_close(registry.take("shared"), teacher_x0, rtol=0, atol=1e-5)
-
-
 def test_the_student_with_its_own_adapters_as_switched_wrappers_is_the_student_model(comfy, files):
     g = Graph()
     student, teacher = _teacher_and_student(g)
@@ -161,23 +154,3 @@ def test_the_student_with_its_own_adapters_as_switched_wrappers_is_the_student_m
     g.add("SDATest_Denoise", model=student, conditioning=cond, key="alone", seed=7, sigma=0.7, size=16)
     comfy.run(g.prompt())
     torch.testing.assert_close(registry.take("session"), registry.take("alone"), rtol=0, atol=1e-5)
-
-
-def test_the_mirror_case_makes_no_model_loads_per_step_and_trains_the_swapped_runs_curve(comfy, files, counts,
-                                                                                       monkeypatch):
-    shared, report = _per_step(comfy, counts, "mirror_shared", _teacher_and_student)
-    assert MIRROR in report
-    assert shared == dict.fromkeys(COUNTED, 0.0)
-
-    import nodes as comfy_nodes
-
-    package = comfy_nodes.NODE_CLASS_MAPPINGS["SDATrainLoKr"].__module__.rsplit(".", 1)[0]
-    monkeypatch.setattr(sys.modules[package + ".session"], "student_additions", lambda student, teacher: None)
-    swapped, report = _per_step(comfy, counts, "mirror_swapped", _teacher_and_student)
-    assert "teacher loaded only for its forwards (they share one model's weights)" in report
-    assert swapped["load_models_gpu"] >= 1
-    history = [load_checkpoint(str(comfy.output_dir / "sda_checkpoints" / f"mirror_{mode}_8.ckpt.safetensors")).history
-               for mode in ("shared", "swapped")]
-    for a, b in zip(*history):
-        assert a["k"] == b["k"]
-        assert a["total"] == pytest.approx(b["total"], rel=1e-4, abs=1e-7)
