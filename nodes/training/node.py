@@ -153,6 +153,8 @@ def _fault_message(fault: TrainingFault, files: RunFiles, session: Session, conf
         saved = f"the LoKr of step {fault.steps} was saved as {path}"
     if fault.checkpoint_path:
         saved += f" and its checkpoint as {fault.checkpoint_path}; turn resume on to continue from there"
+    else:
+        saved += f"; its checkpoint could not be written ({files.checkpoint} holds the last one written, if any)"
     hint = ""
     if isinstance(fault.__cause__, (torch.OutOfMemoryError, MemoryError)):
         hint = (" The device ran out of memory: turn gradient_checkpointing on, lower width/height, or load the "

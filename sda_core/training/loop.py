@@ -272,19 +272,29 @@ def train(
             resumed_from=None if resume is None else resume.step, stopped=stopped,
         )
 
-    def stop(step: int, where: str) -> TrainResult:
-        optimizer.zero_grad(set_to_none=True)
-        checkpoint(step)
-        return result(step, where)
-
     def fault(step: int, where: str, error: BaseException) -> TrainingFault:
-        """The state after `step` checkpointed (when possible) for an error raised `where`."""
+        """The state after `step` checkpointed (when possible) for an error raised `where`; the fault names the
+        checkpoint only if this one was written."""
         optimizer.zero_grad(set_to_none=True)
+        path = None
         try:
             checkpoint(step)
-        except Exception as exc:  # e.g. the disk is full too: the error that ended the run stays the one reported
+            path = written
+        except Exception as exc:  # e.g. the disk is full: the error that ended the run stays the one reported
             log.warning("SDA: the checkpoint after step %d could not be written: %s", step, exc)
-        return TrainingFault(f"{type(error).__name__} {where}: {error}", step, written)
+        return TrainingFault(f"{type(error).__name__} {where}: {error}", step, path)
+
+    def checkpoint_or_fault(step: int) -> None:
+        """A scheduled checkpoint; one that cannot be written ends the run as a fault (the LoKr is still saved)."""
+        try:
+            checkpoint(step)
+        except Exception as exc:
+            raise fault(step, f"writing the checkpoint after step {step}", exc) from exc
+
+    def stop(step: int, where: str) -> TrainResult:
+        optimizer.zero_grad(set_to_none=True)
+        checkpoint_or_fault(step)
+        return result(step, where)
 
     for step in range(start, config.steps):
         if should_stop is not None and should_stop():
@@ -353,9 +363,9 @@ def train(
             except Exception as exc:
                 raise fault(step + 1, f"after step {step + 1} (in the step's callback)", exc) from exc
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            checkpoint(step + 1)
+            checkpoint_or_fault(step + 1)
 
     final = max(start, config.steps)
-    checkpoint(final)
+    checkpoint_or_fault(final)
     optimizer.zero_grad(set_to_none=True)
     return result(final)

@@ -467,3 +467,30 @@ def test_an_error_inside_a_step_keeps_the_last_complete_step_and_resume_continue
     assert r.history == r_full.history
     a, b = _lokr_tensors(full), _lokr_tensors(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_as_a_fault_with_the_lokr_of_that_step(tmp_path, monkeypatch):
+    """Disk full at a scheduled checkpoint: the run stops there, the LoKr holds that step (the node saves it), and
+    the fault says no checkpoint was written for it."""
+    import sda_core.training.loop as loop
+
+    reference = toy_problem(steps=4)
+    train(reference.models, reference.config)
+
+    tp = toy_problem(steps=8, checkpoint_every=2)
+    real = loop.save_checkpoint
+
+    def disk_full(path, ckpt):
+        if ckpt.step == 4:
+            raise OSError(28, "No space left on device")
+        return real(path, ckpt)
+
+    monkeypatch.setattr(loop, "save_checkpoint", disk_full)
+    path = str(tmp_path / "run.ckpt.safetensors")
+    with pytest.raises(TrainingFault) as info:
+        train(tp.models, tp.config, checkpoint_path=path)
+    fault = info.value
+    assert fault.steps == 4 and fault.checkpoint_path is None
+    assert "OSError writing the checkpoint after step 4: [Errno 28] No space left on device" in str(fault)
+    assert load_checkpoint(path).step == 2  # the last one written
+    assert all(torch.equal(a, b) for a, b in zip(_lokr_tensors(tp).values(), _lokr_tensors(reference).values()))
