@@ -20,6 +20,16 @@ LPIPS_SIZES = ["short side 256", "native"]
 ROLES = ["none", *map(str, range(1, MAX_ROWS + 1))]
 
 
+def _score_outputs() -> list:
+    """The two scores every diversity node outputs, alike on each."""
+    return [
+        io.Float.Output("avg_lpips", display_name="avg_lpips",
+                        tooltip="Average pairwise LPIPS over all image pairs, 0…~1; higher = more diverse."),
+        io.Float.Output("pixel_std", display_name="pixel_std",
+                        tooltip="Mean per-image pixel std in [0, 0.5]; a drop warns of grey/flat collapse."),
+    ]
+
+
 def _lpips_inputs() -> list:
     return [
         io.Combo.Input("lpips_net", options=LPIPS_NETS, default="alex",
@@ -88,10 +98,7 @@ class SDASeedDiversityGrid(io.ComfyNode):
                 io.Image.Output("grid", display_name="grid",
                                 tooltip="The labelled grid: seed under each tile, label, settings and scores on top."),
                 io.Image.Output("images", display_name="images", tooltip="The decoded images, in seed order."),
-                io.Float.Output("avg_lpips", display_name="avg_lpips",
-                                tooltip="Average pairwise LPIPS over all image pairs, 0…~1; higher = more diverse."),
-                io.Float.Output("pixel_std", display_name="pixel_std",
-                                tooltip="Mean per-image pixel std in [0, 0.5]; a drop warns of grey/flat collapse."),
+                *_score_outputs(),
                 io.String.Output("report", display_name="report",
                                  tooltip="JSON: settings, seeds, every score, seconds per image, the pairwise "
                                          "matrix summary and the definitions."),
@@ -186,10 +193,7 @@ class SDALPIPSScore(io.ComfyNode):
             inputs=[io.Image.Input("images", tooltip="Any IMAGE batch of at least 2 images, e.g. one prompt over "
                                                      "many seeds."), *_lpips_inputs(), *clip_fidelity.inputs()],
             outputs=[
-                io.Float.Output("avg_lpips", display_name="avg_lpips",
-                                tooltip="Average pairwise LPIPS over all image pairs, 0…~1; higher = more diverse."),
-                io.Float.Output("pixel_std", display_name="pixel_std",
-                                tooltip="Mean per-image pixel std in [0, 0.5]; a drop warns of grey/flat collapse."),
+                *_score_outputs(),
                 io.Image.Output("heatmap", display_name="heatmap",
                                 tooltip="The pairwise LPIPS matrix as a heat-map (values written for 16 images "
                                         "or fewer)."),

@@ -12,7 +12,7 @@ import comfy.samplers
 import folder_paths
 
 from ...sda_core.adapters import Target, module_targets
-from ...sda_core.adapters.layout import key_map_targets
+from ...sda_core.adapters.layout import ModelLayout, key_map_targets
 from ...sda_core.paths import check_new_file_name
 from ...sda_core.training.lokr_file import resolve_inside
 from ...sda_core.training.targets import TargetTable, select_targets, table_for
@@ -43,16 +43,17 @@ def architecture_name(model) -> str:
     return table.family if table is not None else type(getattr(model.model, "model_config", model.model)).__name__
 
 
-def target_table(model) -> TargetTable | None:
-    layout = host.model_layout(model)
+def target_table(model, layout: ModelLayout | None = None) -> TargetTable | None:
+    """The table of layers SDA trains for the model's architecture (targets.TABLES), None for another one."""
+    layout = layout if layout is not None else host.model_layout(model)
     return table_for(type(model.model).__name__, zimage=layout.key_map is None)
 
 
 def require_trainable(model, widget: str) -> None:
-    """A model whose prediction the loss can read (flow, eps or v), of an architecture with a target table."""
+    """A model whose prediction the loss can read (flow, eps or v); its architecture is checked by lokr_targets."""
     model_type = model.model.model_type.name
-    what = f"{architecture_name(model)} ({type(model.model).__name__}, model type {model_type})"
     if model_type not in TRAINABLE_TYPES:
+        what = f"{architecture_name(model)} ({type(model.model).__name__}, model type {model_type})"
         raise ValueError(f"{widget}: SDA training reads x0 from a flow, eps or v-prediction model; this {widget} is "
                          f"{what}. Trainable: {SUPPORTED}")
 
@@ -152,11 +153,11 @@ def parameterization(model):
 
 def lokr_targets(model, include_refiners: bool) -> tuple[TargetTable, dict[str, Target]]:
     """The student's attention and feed-forward layers the LoKr trains (targets.TABLES), named as its file does."""
-    table = target_table(model)
+    layout = host.model_layout(model)
+    table = target_table(model, layout)
     if table is None:
         raise ValueError(f"student: SDA training has no target table for {architecture_name(model)} "
                          f"({type(model.model).__name__}); it trains {SUPPORTED}")
-    layout = host.model_layout(model)
     if layout.key_map is None:  # Z-Image: the pack's own map, in its file's names
         names = {table.prefix + name: target for name, target in module_targets(layout).items()}
     else:

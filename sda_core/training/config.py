@@ -17,6 +17,7 @@ from typing import Any, Callable, ContextManager
 import torch
 
 from .lokr import LoKrSet
+from .trajectory import flow_sigmas
 
 __all__ = ["SDAConfig", "SDAModels", "Denoiser", "Parameterization", "X0_PROJECTION"]
 
@@ -73,8 +74,6 @@ class SDAConfig:
         """The student's sigmas (float32, steps + 1 values ending at 0): the ones given, or the flow schedule."""
         if self.sigmas is not None:
             return torch.tensor(self.sigmas, dtype=torch.float32)
-        from .trajectory import flow_sigmas
-
         return flow_sigmas(self.student_steps, self.shift)
 
     def validate(self) -> None:

@@ -169,7 +169,7 @@ def test_each_architecture_trains_attention_and_feed_forward_only():
     assert sorted(sdxl) == ["input_blocks_4_1_transformer_blocks_0_attn1_to_q",
                             "middle_block_1_transformer_blocks_0_attn2_to_out_0",
                             "output_blocks_2_1_transformer_blocks_1_ff_net_0_proj"]
-    assert TABLES["sdxl"].file_key(sdxl and "input_blocks_4_1_transformer_blocks_0_attn1_to_q") == (
+    assert TABLES["sdxl"].file_key("input_blocks_4_1_transformer_blocks_0_attn1_to_q") == (
         "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q")
 
 

@@ -22,12 +22,7 @@ from sdatest.measure import peak_cpu_allocation
 TOLERANCE = 0.25
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pack(comfy):

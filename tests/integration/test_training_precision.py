@@ -21,12 +21,7 @@ SETTINGS = dict(prompts="", width=64, height=64, steps=30, learning_rate=1e-3, l
 WEIGHT_STD = 0.02  # tiny_models initialises every weight matrix N(0, 0.02)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _prompts(g: Graph):

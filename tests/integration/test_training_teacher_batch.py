@@ -20,12 +20,7 @@ SETTINGS = dict(prompts="", width=64, height=64, learning_rate=1e-3, lambda_div=
 K, STEPS, STOP_AFTER = 4, 12, 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _session_module():

@@ -11,6 +11,8 @@ import dataclasses
 
 import torch
 
+from sdatest import tiny_models
+
 ARCHS = ("sdxl", "sdxl_v", "flux_schnell", "sd35", "qwen_image")
 # With the pack's first architecture, the tiny Z-Image of sdatest.tiny_models (the test nodes build it too).
 EVERY_ARCH = (*ARCHS, "zimage")
@@ -64,33 +66,18 @@ def _config(arch: str):
     raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
 
 
-def _init_(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "norm" in name and p.dim() == 1:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(std * torch.randn(p.shape, generator=gen))
-        for name, b in module.named_buffers():
-            if name.endswith("pos_embed") and b.is_floating_point():
-                b.copy_(std * torch.randn(b.shape, generator=gen))
-
-
 def tiny_arch(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32):
     """A ModelPatcher around ComfyUI's model of `arch` at a few small layers, weights from `seed`."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
     if arch == "zimage":
-        from sdatest import tiny_models
-
         return tiny_models.tiny_zimage(seed, dtype)
     cls, unet, hints = _config(arch)
     config = cls(unet)
     config.set_inference_dtype(dtype, None)
     model = config.get_model(hints)
-    _init_(model.diffusion_model, seed)
+    tiny_models._init_(model.diffusion_model, seed)
     model.diffusion_model.to(dtype)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
@@ -117,8 +104,6 @@ def arch_latent(arch: str, batch: int = 1, side: int = 64) -> dict:
 def arch_vae(arch: str, seed: int = 0):
     """A tiny VAE of the family's kind: AutoencoderKL with the model's latent channels (Z-Image: Flux's 16), Qwen-Image's Wan 2.1 VAE
     (dim 8, found by ComfyUI from its state dict as a real file would be), weights from `seed`."""
-    from sdatest import tiny_models
-
     if arch != "qwen_image":
         return tiny_models.tiny_vae(seed, channels=LATENT_CHANNELS[arch])
     import comfy.ldm.wan.vae
@@ -126,7 +111,7 @@ def arch_vae(arch: str, seed: int = 0):
 
     wan = comfy.ldm.wan.vae.WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                                    temperal_downsample=[False, True, True], dropout=0.0)
-    _init_(wan, seed, std=0.05)
+    tiny_models._init_(wan, seed, std=0.05)
     return comfy.sd.VAE(sd=wan.state_dict())
 
 

@@ -36,6 +36,9 @@ def _init_(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
             else:
                 p.copy_(std * torch.randn(p.shape, generator=gen))
+        for name, b in module.named_buffers():  # SD3's pos_embed is made with torch.empty
+            if name.endswith("pos_embed") and b.is_floating_point():
+                b.copy_(std * torch.randn(b.shape, generator=gen))
 
 
 def tiny_zimage(seed: int = 0, dtype: torch.dtype = torch.float32, manual_cast: torch.dtype | None = None,
